@@ -28,16 +28,22 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class SourceConfig:
     path: str = ""  # file, folder, or Hugging Face dataset id
-    format: str = "auto"  # auto | text | prompt_completion | alpaca | messages | sharegpt | classification | extraction
+    format: str = (
+        "auto"  # auto | text | prompt_completion | alpaca | messages | sharegpt | classification | extraction
+    )
     name: str | None = None  # source name in reports (default: file stem)
     split: str = "train"  # split for hub / saved datasets
     subset: str | None = None  # hub dataset config name
     revision: str | None = None  # hub dataset revision
     streaming: bool = False  # stream instead of materialising (hub / large files)
-    columns: dict[str, str] = field(default_factory=dict)  # canonical field -> column name, e.g. {prompt: question}
+    columns: dict[str, str] = field(
+        default_factory=dict
+    )  # canonical field -> column name, e.g. {prompt: question}
     prompt_template: str | None = None  # classification / extraction: "Review: {sentence}\nSentiment:"
     completion_template: str | None = None  # extraction: " {answer}" (default: " {label}")
-    label_map: dict[str, str] = field(default_factory=dict)  # classification: raw label -> text, e.g. {"1": positive}
+    label_map: dict[str, str] = field(
+        default_factory=dict
+    )  # classification: raw label -> text, e.g. {"1": positive}
     system: str | None = None  # system prompt added to every conversation
     weight: float | None = None  # mixture weight (share) of this source
     count: int | None = None  # mixture: absolute number of records from this source
@@ -47,7 +53,9 @@ class SourceConfig:
 @dataclass(frozen=True)
 class DataConfig:
     sources: tuple[SourceConfig, ...] = ()  # training sources
-    template: str | None = None  # None: the tokenizer's chat template; or chatml | llama-3 | mistral | plain | path.jinja
+    template: str | None = (
+        None  # None: the tokenizer's chat template; or chatml | llama-3 | mistral | plain | path.jinja
+    )
     mask: str = "auto"  # auto | assistant | last_assistant | completion | all
     max_seq_len: int = 1024  # tokens per sequence after rendering
     truncation: Literal["truncate_right", "truncate_left", "drop"] = "truncate_right"
@@ -167,13 +175,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is not a valid {_type_name(tp)}")
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"{where}: {value!r} is not a valid {_type_name(tp)}"
+        )
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
             close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}{hint}")
+            raise ConfigError(
+                f"{where}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}{hint}"
+            )
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -292,13 +304,17 @@ def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file not found: {p} (give the path of a YAML file, e.g. examples/sst2.yaml)")
+            raise ConfigError(
+                f"config file not found: {p} (give the path of a YAML file, e.g. examples/sst2.yaml)"
+            )
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping with sections model, data, train, eval, output")
+            raise ConfigError(
+                f"{p}: the top level must be a mapping with sections model, data, train, eval, output"
+            )
     data = apply_overrides(data, overrides)
     return build_dataclass(Config, data)
 

@@ -1,0 +1,115 @@
+"""Load a causal LM and its tokenizer from a local folder or a hub id (or build one from scratch)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from sftlab.config import ConfigError, ModelConfig
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """``org/name`` (one slash, no leading ./ or /) may be a hub id; anything else must exist locally."""
+    if name.startswith((".", "/", "~")) or "\\" in name:
+        return False
+    return name.count("/") <= 1 and not name.endswith((".json", ".yaml", ".safetensors"))
+
+
+def _check_source(name: str, what: str) -> None:
+    if not name:
+        raise ConfigError(
+            f"model.{what} is empty: set it to a local model folder or a hub id (e.g. Qwen/Qwen2.5-0.5B)"
+        )
+    if Path(name).exists() or _looks_like_hub_id(name):
+        return
+    raise ConfigError(
+        f"model path does not exist: {name} (give an existing folder or a hub id like org/name)"
+    )
+
+
+def _load_error(name: str, err: Exception) -> ConfigError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    local = Path(name).exists()
+    hint = (
+        "check the folder holds config.json and weights"
+        if local
+        else "no such local folder, and the hub could not be reached or has no such repo"
+    )
+    return ConfigError(f"cannot load {name!r}: {first} ({hint})")
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """The tokenizer, with a pad token set when it has none (the loss never depends on pad ids)."""
+    from transformers import AutoTokenizer
+
+    name = cfg.tokenizer or cfg.name_or_path
+    _check_source(name, "tokenizer" if cfg.tokenizer else "name_or_path")
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise _load_error(name, e) from None
+    if tok.pad_token is None:
+        # Prefer a dedicated pad-like token; eos as pad is safe here because labels come from the mask,
+        # never from "input_ids != pad".
+        for cand in ("<|pad|>", "<pad>", "<|finetune_right_pad_id|>", tok.unk_token, tok.eos_token):
+            if cand and cand in tok.get_vocab():
+                tok.pad_token = cand
+                break
+    return tok
+
+
+def load_model(cfg: ModelConfig, tokenizer, seed: int = 0):
+    """An ``AutoModelForCausalLM`` from safetensors, or a random Llama when ``from_scratch`` is set."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if cfg.from_scratch is not None:
+        kwargs = dict(cfg.from_scratch)
+        kwargs.setdefault("vocab_size", len(tokenizer))
+        kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+        kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
+        kwargs.setdefault("bos_token_id", tokenizer.bos_token_id)
+        try:
+            config = LlamaConfig(**kwargs)
+        except TypeError as e:
+            raise ConfigError(f"model.from_scratch: {e}") from None
+        config._attn_implementation = cfg.attn_implementation
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+        if cfg.dtype in DTYPES:
+            model = model.to(DTYPES[cfg.dtype])
+        return model
+    _check_source(cfg.name_or_path, "name_or_path")
+    dtype = "auto" if cfg.dtype == "auto" else DTYPES[cfg.dtype]
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.name_or_path,
+            revision=cfg.revision,
+            dtype=dtype,
+            attn_implementation=cfg.attn_implementation,
+            trust_remote_code=cfg.trust_remote_code,
+            use_safetensors=True,
+        )
+    except ImportError as e:
+        raise ConfigError(
+            f"model.attn_implementation={cfg.attn_implementation!r} is not available: {e}"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise _load_error(cfg.name_or_path, e) from None
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

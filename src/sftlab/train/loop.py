@@ -1,0 +1,269 @@
+"""The training loop: one visible loop on accelerate, read top to bottom.
+
+step:  window = the sequences of this optimizer step (chosen before it is split into micro-batches)
+       n = labelled tokens in the whole window
+       for each micro-batch: loss_sum / n -> backward        (token-normalised over the window)
+       clip -> optimizer step -> lr schedule -> log
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sftlab.config import Config
+from sftlab.train.batches import collate_packed, collate_padded, pack_bfd, plan_windows, split_window
+from sftlab.train.loss import forward_loss_sum
+from sftlab.train.optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class RunResult:
+    output_dir: str
+    steps: int
+    losses: list[float] = field(default_factory=list)  # train loss of every optimizer step
+    grad_norms: list[float] = field(default_factory=list)
+    eval_loss: float | None = None
+    tokens: int = 0  # real (non-padding) tokens processed
+    trained_tokens: int = 0  # tokens with a loss
+    elapsed_s: float = 0.0
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.losses[-1] if self.losses else None
+
+
+@dataclass
+class StepPlan:
+    """What each optimizer step trains on: ``units`` are sequences, or packed bins of sequences."""
+
+    units: list[list[int]]  # unit -> dataset indices
+    unit_lengths: list[int]
+    window: int  # units per optimizer step
+    micro: int  # units per micro-batch
+    packed: bool
+
+
+def build_step_plan(lengths: list[int], cfg: Config) -> StepPlan:
+    t = cfg.train
+    if cfg.data.packing:
+        bins = pack_bfd(lengths, cfg.data.max_seq_len)
+        return StepPlan(
+            bins,
+            [sum(lengths[i] for i in b) for b in bins],
+            t.micro_batch_size * t.grad_accum,
+            t.micro_batch_size,
+            True,
+        )
+    return StepPlan(
+        [[i] for i in range(len(lengths))],
+        list(lengths),
+        t.micro_batch_size * t.grad_accum,
+        t.micro_batch_size,
+        False,
+    )
+
+
+def count_steps(plan: StepPlan, cfg: Config) -> tuple[int, int]:
+    """(steps per epoch, total optimizer steps)."""
+    per_epoch = max(1, math.ceil(len(plan.units) / plan.window))
+    total = (
+        cfg.train.max_steps if cfg.train.max_steps > 0 else max(1, math.ceil(cfg.train.epochs * per_epoch))
+    )
+    return per_epoch, total
+
+
+def iter_windows(plan: StepPlan, cfg: Config):
+    """Yield (epoch, [micro-batch unit lists]) forever, one item per optimizer step."""
+    epoch = 0
+    while True:
+        if cfg.data.shuffle:
+            windows = plan_windows(
+                plan.unit_lengths,
+                plan.window,
+                cfg.train.seed,
+                epoch,
+                group_by_length=cfg.data.group_by_length and not plan.packed,
+            )
+        else:
+            order = list(range(len(plan.units)))
+            windows = [order[s : s + plan.window] for s in range(0, len(order), plan.window)]
+        for w in windows:
+            yield epoch, split_window(w, plan.unit_lengths, plan.micro)
+        epoch += 1
+
+
+def make_batch(dataset, plan: StepPlan, micro_units: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    indices = [i for u in micro_units for i in plan.units[u]]
+    rows = dataset[indices]
+    examples = [{"input_ids": a, "labels": b} for a, b in zip(rows["input_ids"], rows["labels"])]
+    return collate_packed(examples) if plan.packed else collate_padded(examples, pad_id)
+
+
+def real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return int(batch["input_ids"].numel())
+
+
+def evaluate_loss(model, dataset, cfg: Config, pad_id: int, accelerator) -> float | None:
+    """Token-normalised loss over a whole dataset (no gradient)."""
+    if dataset is None or len(dataset) == 0:
+        return None
+    lengths = list(dataset["length"])
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    bs = cfg.eval.micro_batch_size
+    total, n = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(order), bs):
+            idx = order[s : s + bs]
+            rows = dataset[idx]
+            ex = [{"input_ids": a, "labels": b} for a, b in zip(rows["input_ids"], rows["labels"])]
+            batch = {k: v.to(accelerator.device) for k, v in collate_padded(ex, pad_id).items()}
+            with accelerator.autocast():
+                loss_sum, k = forward_loss_sum(model, batch)
+            total += float(loss_sum)
+            n += k
+    model.train(was_training)
+    return total / max(n, 1)
+
+
+class MetricsWriter:
+    """Append-only ``metrics.jsonl``: one JSON object per logged step (flushed, so it is readable live)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]train[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+def train(
+    cfg: Config,
+    model,
+    tokenizer,
+    train_dataset,
+    eval_dataset=None,
+    output_dir: str | Path | None = None,
+    accelerator=None,
+) -> RunResult:
+    """Train ``model`` on an encoded dataset (columns ``input_ids``, ``labels``, ``length``)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    t = cfg.train
+    out = Path(output_dir or cfg.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if accelerator is None:
+        accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[t.precision])
+    set_seed(t.seed)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    optimizer = build_optimizer(model, t)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    plan = build_step_plan(list(train_dataset["length"]), cfg)
+    per_epoch, total_steps = count_steps(plan, cfg)
+    scheduler = build_scheduler(optimizer, total_steps, t)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    result = RunResult(output_dir=str(out), steps=total_steps)
+    metrics = MetricsWriter(out / "metrics.jsonl") if accelerator.is_main_process else None
+    windows = iter_windows(plan, cfg)
+    start = last_log_time = time.perf_counter()
+    tokens_since_log = 0
+    with _progress(t.progress and accelerator.is_main_process) as bar:
+        task = bar.add_task("", total=total_steps)
+        for step in range(total_steps):
+            epoch, micro_batches = next(windows)
+            batches = [make_batch(train_dataset, plan, m, pad_id) for m in micro_batches]
+            n_window = sum(int((b["shift_labels"] != -100).sum()) for b in batches)
+            step_loss = 0.0
+            for batch in batches:
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                with accelerator.autocast():
+                    loss_sum, _ = forward_loss_sum(model, batch)
+                loss = loss_sum / max(n_window, 1)
+                accelerator.backward(loss)
+                step_loss += float(loss.detach())
+                tokens_since_log += real_tokens(batch)
+                result.tokens += real_tokens(batch)
+            result.trained_tokens += n_window
+            grad_norm = accelerator.clip_grad_norm_(
+                params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
+            )
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.losses.append(step_loss)
+            result.grad_norms.append(float(grad_norm))
+
+            is_last = step == total_steps - 1
+            eval_loss = None
+            if eval_dataset is not None and (
+                is_last or (t.eval_every_steps and (step + 1) % t.eval_every_steps == 0)
+            ):
+                eval_loss = evaluate_loss(model, eval_dataset, cfg, pad_id, accelerator)
+                result.eval_loss = eval_loss
+            if metrics and ((step + 1) % t.log_every_steps == 0 or is_last or eval_loss is not None):
+                now = time.perf_counter()
+                record = {
+                    "step": step + 1,
+                    "epoch": round(epoch + (step % per_epoch + 1) / per_epoch, 4),
+                    "loss": step_loss,
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                    "tokens": result.tokens,
+                    "trained_tokens": result.trained_tokens,
+                    "tokens_per_s": tokens_since_log / max(now - last_log_time, 1e-9),
+                    "elapsed_s": now - start,
+                }
+                if eval_loss is not None:
+                    record["eval_loss"] = eval_loss
+                metrics.write(record)
+                last_log_time, tokens_since_log = now, 0
+            bar.update(
+                task,
+                advance=1,
+                description=f"loss {step_loss:.4f} lr {scheduler.get_last_lr()[0]:.2e} "
+                f"{result.tokens / max(time.perf_counter() - start, 1e-9):,.0f} tok/s",
+            )
+    result.elapsed_s = time.perf_counter() - start
+    if metrics:
+        metrics.close()
+    return result

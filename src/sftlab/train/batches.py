@@ -83,23 +83,37 @@ def collate_padded(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Ten
     }
 
 
-def collate_packed(examples: Sequence[dict]) -> dict[str, torch.Tensor]:
-    """Concatenate a micro-batch into one padding-free row with restarting position ids.
+def collate_packed(rows: Sequence[Sequence[dict]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pack each group of examples into one row, padding-free inside the row, rows padded to the longest.
 
-    ``[{input_ids: [5, 6, 7], labels: [-100, 6, 7]}, {input_ids: [8, 9], labels: [8, 9]}]`` ->
-    ``input_ids [[5, 6, 7, 8, 9]]``, ``shift_labels [[6, 7, -100, 9, -100]]``,
-    ``position_ids [[0, 1, 2, 0, 1]]``. No attention mask: the model derives sequence boundaries from the
-    position ids (transformers' packed-sequence detection), so no token attends across a boundary.
+    ``[[{input_ids: [5, 6, 7], labels: [-100, 6, 7]}, {input_ids: [8, 9], labels: [8, 9]}], [{input_ids: [4],
+    labels: [4]}]]`` -> ``input_ids [[5, 6, 7, 8, 9], [4, p, p, p, p]]``,
+    ``shift_labels [[6, 7, -100, 9, -100], [-100, -100, -100, -100, -100]]``,
+    ``position_ids [[0, 1, 2, 0, 1], [0, 0, 1, 2, 3]]`` (p = pad_id). No attention mask: the model derives
+    sequence boundaries from the restarting position ids (transformers' packed-sequence detection), so no
+    token attends across a boundary; row-end padding restarts at 0 too and is never attended by real tokens.
+    Rows (not one flat row) keep attention cost at ``rows x max_len^2`` instead of ``(rows x max_len)^2``.
     """
     ids, lab, pos = [], [], []
-    for e in examples:
-        ids.extend(e["input_ids"])
-        lab.extend(shift_labels(e["labels"]))
-        pos.extend(range(len(e["input_ids"])))
+    for row in rows:
+        r_ids, r_lab, r_pos = [], [], []
+        for e in row:
+            r_ids.extend(e["input_ids"])
+            r_lab.extend(shift_labels(e["labels"]))
+            r_pos.extend(range(len(e["input_ids"])))
+        ids.append(r_ids)
+        lab.append(r_lab)
+        pos.append(r_pos)
+    width = max(len(r) for r in ids)
+    for r_ids, r_lab, r_pos in zip(ids, lab, pos):
+        pad = width - len(r_ids)
+        r_ids.extend([pad_id] * pad)
+        r_lab.extend([IGNORE] * pad)
+        r_pos.extend(range(pad))
     return {
-        "input_ids": torch.tensor([ids], dtype=torch.long),
-        "shift_labels": torch.tensor([lab], dtype=torch.long),
-        "position_ids": torch.tensor([pos], dtype=torch.long),
+        "input_ids": torch.tensor(ids, dtype=torch.long),
+        "shift_labels": torch.tensor(lab, dtype=torch.long),
+        "position_ids": torch.tensor(pos, dtype=torch.long),
     }
 
 

@@ -101,14 +101,24 @@ def iter_windows(plan: StepPlan, cfg: Config):
 def make_batch(dataset, plan: StepPlan, micro_units: list[int], pad_id: int) -> dict[str, torch.Tensor]:
     indices = [i for u in micro_units for i in plan.units[u]]
     rows = dataset[indices]
-    examples = [{"input_ids": a, "labels": b} for a, b in zip(rows["input_ids"], rows["labels"])]
-    return collate_packed(examples) if plan.packed else collate_padded(examples, pad_id)
+    examples = iter({"input_ids": a, "labels": b} for a, b in zip(rows["input_ids"], rows["labels"]))
+    if plan.packed:
+        return collate_packed([[next(examples) for _ in plan.units[u]] for u in micro_units], pad_id)
+    return collate_padded(list(examples), pad_id)
 
 
-def real_tokens(batch: dict[str, torch.Tensor]) -> int:
-    if "attention_mask" in batch:
-        return int(batch["attention_mask"].sum())
-    return int(batch["input_ids"].numel())
+def build_accelerator(precision: str):
+    """An ``Accelerator`` for this run's precision.
+
+    accelerate keeps its state process-wide; a second run in the same process (tests, sweeps, the demo)
+    with another precision would be refused, so the mixed-precision part of the state is reset first.
+    The process-group part (``PartialState``) is kept.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision])
 
 
 def evaluate_loss(model, dataset, cfg: Config, pad_id: int, accelerator) -> float | None:
@@ -182,14 +192,13 @@ def train(
     accelerator=None,
 ) -> RunResult:
     """Train ``model`` on an encoded dataset (columns ``input_ids``, ``labels``, ``length``)."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     t = cfg.train
     out = Path(output_dir or cfg.output.dir)
     out.mkdir(parents=True, exist_ok=True)
     if accelerator is None:
-        accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[t.precision])
+        accelerator = build_accelerator(t.precision)
     set_seed(t.seed)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -213,6 +222,7 @@ def train(
             epoch, micro_batches = next(windows)
             batches = [make_batch(train_dataset, plan, m, pad_id) for m in micro_batches]
             n_window = sum(int((b["shift_labels"] != -100).sum()) for b in batches)
+            n_real = sum(plan.unit_lengths[u] for m in micro_batches for u in m)
             step_loss = 0.0
             for batch in batches:
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -221,8 +231,8 @@ def train(
                 loss = loss_sum / max(n_window, 1)
                 accelerator.backward(loss)
                 step_loss += float(loss.detach())
-                tokens_since_log += real_tokens(batch)
-                result.tokens += real_tokens(batch)
+            tokens_since_log += n_real
+            result.tokens += n_real
             result.trained_tokens += n_window
             grad_norm = accelerator.clip_grad_norm_(
                 params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")

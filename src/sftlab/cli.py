@@ -1,0 +1,171 @@
+"""Command line: each subcommand maps to one function; errors are one line, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from sftlab import __version__
+
+EXAMPLES = {
+    "train": "sftlab train examples/sst2.yaml --set train.lr=1e-4 --output-dir runs/sst2",
+    "data": "sftlab data inspect data/sst2/train.jsonl --tokenizer runs/tiny-base/final --limit 3",
+    "eval": "sftlab eval --model runs/sst2/final --base runs/tiny-base/final --config examples/sst2.yaml",
+    "generate": "sftlab generate --model runs/alpaca/final 'Give three tips for staying healthy.'",
+    "tokenizer": "sftlab tokenizer train data/text/*.txt --vocab-size 4096 --out runs/tok",
+    "demo": "sftlab demo",
+}
+
+
+def _cmd_train(args) -> int:
+    from sftlab.config import load_config
+    from sftlab.train.run import run_training
+
+    overrides = list(args.set or [])
+    if args.output_dir:
+        overrides.append(f"output.dir={args.output_dir}")
+    cfg = load_config(args.config, overrides)
+    summary = run_training(cfg)
+    eval_part = f", eval loss {summary['eval_loss']:.4f}" if summary["eval_loss"] is not None else ""
+    print(
+        f"done: {summary['steps']} steps, train loss {summary['train_loss']:.4f}{eval_part}, "
+        f"{summary['tokens']:,} tokens in {summary['train_time_s']:.0f} s ({summary['tokens_per_s']:,.0f} tok/s) "
+        f"-> {summary['final_dir'] or summary['output_dir']}"
+    )
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from sftlab.generate import build_prompt_ids, generate_text, load_for_inference
+
+    model, tok = load_for_inference(args.model)
+    ids = build_prompt_ids(tok, args.prompt, system=args.system, chat=not args.raw)
+    print(generate_text(model, tok, ids, args.max_new_tokens, args.temperature, args.top_p, args.seed))
+    return 0
+
+
+def _cmd_tokenizer(args) -> int:
+    from pathlib import Path
+
+    from sftlab.model.tiny import train_bpe_tokenizer
+
+    def lines():
+        for f in args.files:
+            with open(f, encoding="utf-8") as fh:
+                yield from fh
+
+    tok = train_bpe_tokenizer(lines(), vocab_size=args.vocab_size)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(args.out)
+    print(f"tokenizer with {len(tok)} tokens (ChatML template) -> {args.out}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from sftlab.demo import run_demo
+
+    return run_demo(out_dir=args.out, rebuild_base=args.rebuild_base, quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sftlab", description="Supervised fine-tuning of causal language models."
+    )
+    p.add_argument("--version", action="version", version=f"sftlab {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="show debug logs and full tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name, help_text):
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=f"{help_text}\n\nexample: {EXAMPLES[name]}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    t = add("train", "fine-tune a model from a YAML config")
+    t.add_argument("config", help="YAML config with sections model, data, train, eval, output")
+    t.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.lr=1e-4"
+    )
+    t.add_argument("--output-dir", help="run directory (same as --set output.dir=DIR)")
+    t.set_defaults(func=_cmd_train)
+
+    d = add("data", "look at data as the model will see it")
+    dsub = d.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    from sftlab.data import inspect as data_inspect
+
+    di = dsub.add_parser(
+        "inspect",
+        help="render records with their loss mask and print token statistics",
+        description=f"example: {EXAMPLES['data']}",
+    )
+    data_inspect.add_arguments(di)
+    di.set_defaults(func=data_inspect.run)
+
+    e = add("eval", "score a model (and its base) on specialty and versatility tasks")
+    from sftlab.eval import cli as eval_cli
+
+    eval_cli.add_arguments(e)
+    e.set_defaults(func=eval_cli.run)
+
+    g = add("generate", "generate a reply with a saved model (chat template applied)")
+    g.add_argument("--model", required=True, help="model folder (e.g. RUN/final)")
+    g.add_argument("prompt", help="user message")
+    g.add_argument("--system", help="system prompt")
+    g.add_argument("--raw", action="store_true", help="no chat template: continue the prompt text as is")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(func=_cmd_generate)
+
+    k = add("tokenizer", "train a byte-level BPE tokenizer (with a ChatML template) on text files")
+    ksub = k.add_subparsers(dest="tok_command", metavar="TOKENIZER_COMMAND", required=True)
+    kt = ksub.add_parser("train", help="train a tokenizer")
+    kt.add_argument("files", nargs="+")
+    kt.add_argument("--vocab-size", type=int, default=4096)
+    kt.add_argument("--out", required=True)
+    kt.set_defaults(func=_cmd_tokenizer)
+
+    m = add("demo", "offline demo: build a tiny base, fine-tune it on SST-2, compare base and tuned")
+    m.add_argument("--out", default="runs/demo", help="where the demo's runs go")
+    m.add_argument("--rebuild-base", action="store_true", help="retrain the tiny base even if cached")
+    m.add_argument("--quick", action="store_true", help="a much shorter demo (smoke test)")
+    m.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sftlab.config import ConfigError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    user_errors: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+    try:
+        from sftlab.data.errors import DataError
+
+        user_errors += (DataError,)
+    except ImportError:
+        pass
+    try:
+        return int(args.func(args) or 0)
+    except user_errors as e:
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""A whole run from a config: load, encode data, train, save ``final/`` and ``summary.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from sftlab.config import Config, ConfigError, save_config, to_dict
+
+log = logging.getLogger(__name__)
+
+
+def prepare_output_dir(cfg: Config) -> Path:
+    out = Path(cfg.output.dir)
+    if out.exists() and any(out.iterdir()) and not cfg.output.overwrite:
+        raise ConfigError(
+            f"output directory {out} is not empty; set output.overwrite: true or pick another output.dir"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    save_config(cfg, out / "config.yaml")
+    return out
+
+
+def load_datasets(cfg: Config, tokenizer, out: Path, progress: bool = True):
+    """(train, eval or None, data report dict): encoded datasets ready for the loop."""
+    from sftlab.data.pipeline import build_dataset
+
+    if not cfg.data.sources:
+        raise ConfigError(
+            "data.sources is empty: add at least one source, e.g. data.sources: [{path: train.jsonl}]"
+        )
+    skipped = cfg.data.skipped_file or str(out / "skipped.jsonl")
+    train_ds, report = build_dataset(cfg.data, tokenizer, skipped_path=skipped, progress=progress)
+    reports = {"train": report.to_dict()}
+    eval_ds = None
+    if cfg.eval.file:
+        first = cfg.data.sources[0]
+        src = type(first)(
+            **{
+                **{k: getattr(first, k) for k in first.__dataclass_fields__},
+                "path": cfg.eval.file,
+                "name": "eval",
+                "limit": None,
+                "weight": None,
+                "count": None,
+            }
+        )
+        eval_ds, eval_report = build_dataset(
+            cfg.data, tokenizer, sources=(src,), skipped_path=None, progress=progress
+        )
+        reports["eval"] = eval_report.to_dict()
+    elif cfg.eval.split_ratio > 0:
+        split = train_ds.train_test_split(test_size=cfg.eval.split_ratio, seed=cfg.train.seed)
+        train_ds, eval_ds = split["train"], split["test"]
+    if eval_ds is not None and len(eval_ds) > cfg.eval.max_records:
+        eval_ds = eval_ds.select(range(cfg.eval.max_records))
+    (out / "data_report.json").write_text(json.dumps(reports, indent=2), encoding="utf-8")
+    return train_ds, eval_ds, report
+
+
+def save_final(model, tokenizer, path: Path) -> Path:
+    """Hugging Face folder (config, safetensors, tokenizer with chat template, generation config), atomically.
+
+    Written to ``path.tmp`` first and renamed, so a crash never leaves a half-written ``final/``.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    gen = model.generation_config
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if gen.eos_token_id is not None:
+        eos = sorted(
+            set(eos) | set(gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id])
+        )
+    gen.eos_token_id = eos[0] if len(eos) == 1 else (eos or None)
+    gen.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
+def run_training(cfg: Config, progress: bool | None = None) -> dict:
+    """Train from a config and return the summary (also written to ``OUTPUT/summary.json``)."""
+    from sftlab.data.render import resolve_chat_template
+
+    from sftlab.model.load import count_parameters, load_model, load_tokenizer
+    from sftlab.train.loop import build_accelerator, train
+
+    progress = cfg.train.progress if progress is None else progress
+    t0 = time.perf_counter()
+    out = prepare_output_dir(cfg)
+    accelerator = build_accelerator(cfg.train.precision)
+    tokenizer = load_tokenizer(cfg.model)
+    # The template used for training is the one saved with the model: inference renders what training saw.
+    tokenizer.chat_template = resolve_chat_template(cfg.data.template, tokenizer)
+    train_ds, eval_ds, report = load_datasets(cfg, tokenizer, out, progress=progress)
+    model = load_model(cfg.model, tokenizer, seed=cfg.train.seed)
+    trainable, total = count_parameters(model)
+    result = train(cfg, model, tokenizer, train_ds, eval_ds, out, accelerator=accelerator)
+    final_dir = None
+    if cfg.output.save_final and accelerator.is_main_process:
+        model = accelerator.unwrap_model(model)
+        final_dir = str(save_final(model, tokenizer, out / "final"))
+    summary = {
+        "output_dir": str(out),
+        "final_dir": final_dir,
+        "steps": result.steps,
+        "train_loss": result.final_loss,
+        "eval_loss": result.eval_loss,
+        "tokens": result.tokens,
+        "trained_tokens": result.trained_tokens,
+        "train_records": len(train_ds),
+        "eval_records": len(eval_ds) if eval_ds is not None else 0,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "train_time_s": round(result.elapsed_s, 2),
+        "total_time_s": round(time.perf_counter() - t0, 2),
+        "tokens_per_s": round(result.tokens / max(result.elapsed_s, 1e-9), 1),
+        "data": report.to_dict() if hasattr(report, "to_dict") else None,
+        "config": to_dict(cfg),
+    }
+    if accelerator.is_main_process:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary

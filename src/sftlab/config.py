@@ -131,6 +131,7 @@ class EvalConfig:
     every_steps: int = 0  # run the tasks during training every N steps; 0: only at the end
     batch_size: int = 32  # task evaluation batch size
     bootstrap_samples: int = 2000  # paired bootstrap resamples for confidence intervals
+    compare_base: bool = True  # score the base model too and report paired differences
 
 
 @dataclass(frozen=True)

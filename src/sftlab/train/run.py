@@ -108,7 +108,12 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
     if cfg.output.save_final and accelerator.is_main_process:
         model = accelerator.unwrap_model(model)
         final_dir = str(save_final(model, tokenizer, out / "final"))
+    if cfg.eval.tasks and accelerator.is_main_process:
+        summary_card = write_run_scorecard(cfg, accelerator.unwrap_model(model), tokenizer, out, progress)
+    else:
+        summary_card = None
     summary = {
+        "scorecard": summary_card,
         "output_dir": str(out),
         "final_dir": final_dir,
         "steps": result.steps,
@@ -129,3 +134,25 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
     if accelerator.is_main_process:
         (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
+
+
+def write_run_scorecard(cfg: Config, model, tokenizer, out: Path, progress: bool) -> str:
+    """Score the trained model (and the base, unless trained from scratch) on ``eval.tasks``."""
+    from rich.console import Console
+
+    from sftlab.eval.scorecard import evaluate_model, format_scorecard, write_scorecard
+    from sftlab.model.load import load_model, load_tokenizer
+
+    base = base_tok = None
+    if cfg.eval.compare_base and cfg.model.from_scratch is None:
+        base_tok = load_tokenizer(cfg.model)
+        base = load_model(cfg.model, base_tok)
+    model.eval()
+    card = evaluate_model(model, tokenizer, cfg.eval.tasks, base_model=base, base_tokenizer=base_tok,
+                          batch_size=cfg.eval.batch_size, bootstrap_samples=cfg.eval.bootstrap_samples,
+                          progress=progress)
+    path = out / "scorecard.json"
+    write_scorecard(card, path)
+    if progress:
+        Console().print(format_scorecard(card))
+    return str(path)

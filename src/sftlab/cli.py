@@ -15,6 +15,7 @@ EXAMPLES = {
     "generate": "sftlab generate --model runs/alpaca/final 'Give three tips for staying healthy.'",
     "tokenizer": "sftlab tokenizer train data/text/*.txt --vocab-size 4096 --out runs/tok",
     "demo": "sftlab demo",
+    "config": "sftlab config show examples/sst2.yaml --set train.lr=1e-4",
 }
 
 
@@ -59,6 +60,18 @@ def _cmd_tokenizer(args) -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(args.out)
     print(f"tokenizer with {len(tok)} tokens (ChatML template) -> {args.out}")
+    return 0
+
+
+def _cmd_config(args) -> int:
+    import yaml
+
+    from sftlab.config import load_config, reference_markdown, to_dict
+
+    if args.config_command == "reference":
+        print(reference_markdown())
+    else:
+        print(yaml.safe_dump(to_dict(load_config(args.config, args.set or [])), sort_keys=False), end="")
     return 0
 
 
@@ -128,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     kt.add_argument("--vocab-size", type=int, default=4096)
     kt.add_argument("--out", required=True)
     kt.set_defaults(func=_cmd_tokenizer)
+
+    c = add("config", "show a resolved config, or the reference of every key")
+    csub = c.add_subparsers(dest="config_command", metavar="CONFIG_COMMAND", required=True)
+    cs = csub.add_parser("show", help="print the config after defaults and overrides")
+    cs.add_argument("config", nargs="?", help="YAML config (defaults only when omitted)")
+    cs.add_argument("--set", action="append", metavar="KEY=VALUE")
+    csub.add_parser("reference", help="print every config key with its default and meaning (Markdown)")
+    c.set_defaults(func=_cmd_config)
 
     m = add("demo", "offline demo: build a tiny base, fine-tune it on SST-2, compare base and tuned")
     m.add_argument("--out", default="runs/demo", help="where the demo's runs go")

@@ -28,22 +28,16 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class SourceConfig:
     path: str = ""  # file, folder, or Hugging Face dataset id
-    format: str = (
-        "auto"  # auto | text | prompt_completion | alpaca | messages | sharegpt | classification | extraction
-    )
+    format: str = "auto"  # auto | text | prompt_completion | alpaca | messages | sharegpt | classification | extraction
     name: str | None = None  # source name in reports (default: file stem)
     split: str = "train"  # split for hub / saved datasets
     subset: str | None = None  # hub dataset config name
     revision: str | None = None  # hub dataset revision
     streaming: bool = False  # stream instead of materialising (hub / large files)
-    columns: dict[str, str] = field(
-        default_factory=dict
-    )  # canonical field -> column name, e.g. {prompt: question}
+    columns: dict[str, str] = field(default_factory=dict)  # canonical field -> column, e.g. {prompt: question}
     prompt_template: str | None = None  # classification / extraction: "Review: {sentence}\nSentiment:"
     completion_template: str | None = None  # extraction: " {answer}" (default: " {label}")
-    label_map: dict[str, str] = field(
-        default_factory=dict
-    )  # classification: raw label -> text, e.g. {"1": positive}
+    label_map: dict[str, str] = field(default_factory=dict)  # classification: raw label -> text, {"1": positive}
     system: str | None = None  # system prompt added to every conversation
     weight: float | None = None  # mixture weight (share) of this source
     count: int | None = None  # mixture: absolute number of records from this source
@@ -53,9 +47,7 @@ class SourceConfig:
 @dataclass(frozen=True)
 class DataConfig:
     sources: tuple[SourceConfig, ...] = ()  # training sources
-    template: str | None = (
-        None  # None: the tokenizer's chat template; or chatml | llama-3 | mistral | plain | path.jinja
-    )
+    template: str | None = None  # None: tokenizer's own; chatml | llama-3 | mistral | plain | file.jinja
     mask: str = "auto"  # auto | assistant | last_assistant | completion | all
     max_seq_len: int = 1024  # tokens per sequence after rendering
     truncation: Literal["truncate_right", "truncate_left", "drop"] = "truncate_right"
@@ -176,17 +168,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(
-            errors[0] if len(errors) == 1 else f"{where}: {value!r} is not a valid {_type_name(tp)}"
-        )
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is not a valid {_type_name(tp)}")
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
             close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"{where}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}{hint}"
-            )
+            raise ConfigError(f"{where}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}{hint}")
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -305,20 +293,54 @@ def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(
-                f"config file not found: {p} (give the path of a YAML file, e.g. examples/sst2.yaml)"
-            )
+            raise ConfigError(f"config file not found: {p} (give the path of a YAML file, e.g. examples/sst2.yaml)")
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
         if not isinstance(data, dict):
-            raise ConfigError(
-                f"{p}: the top level must be a mapping with sections model, data, train, eval, output"
-            )
+            raise ConfigError(f"{p}: the top level must be a mapping with sections model, data, train, eval, output")
     data = apply_overrides(data, overrides)
     return build_dataclass(Config, data)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+SECTIONS = (
+    ("model", ModelConfig),
+    ("data", DataConfig),
+    ("data.sources[]", SourceConfig),
+    ("train", TrainConfig),
+    ("eval", EvalConfig),
+    ("eval.tasks[]", TaskConfig),
+    ("output", OutputConfig),
+)
+
+
+def reference_markdown() -> str:
+    """The config reference as Markdown tables, built from the field comments in this file."""
+    import inspect
+    import re
+
+    out = []
+    for name, cls in SECTIONS:
+        out += [f"**`{name}`**", "", "| key | default | meaning |", "|---|---|---|"]
+        defaults = {f.name: f for f in dataclasses.fields(cls)}
+        hints = get_type_hints(cls)
+        for line in inspect.getsource(cls).splitlines()[2:]:
+            code, _, doc = line.partition("  # ")
+            m = re.match(r"\s+(\w+):", code)
+            if not m or m.group(1) not in defaults:
+                continue
+            f = defaults[m.group(1)]
+            if f.default is not dataclasses.MISSING:
+                default = repr(f.default)
+            else:
+                default = repr(f.default_factory())  # type: ignore[misc]
+            if not doc and get_origin(hints[f.name]) is Literal:
+                doc = " \\| ".join(get_args(hints[f.name]))
+            out.append(f"| `{f.name}` | `{default}` | {doc.strip().replace('|', chr(92) + '|')} |")
+        out.append("")
+    return "\n".join(out)

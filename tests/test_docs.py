@@ -11,4 +11,4 @@ def test_readme_config_reference_is_current():
     text = README.read_text(encoding="utf-8")
     start, end = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
     block = text[text.index(start) + len(start) : text.index(end)].strip()
-    assert block == reference_markdown().strip(), "run: sftlab config reference, and paste it into README.md"
+    assert block == reference_markdown().strip(), "run: python tools/update_readme_reference.py"

@@ -92,6 +92,8 @@ class TrainConfig:
     log_every_steps: int = 10  # metrics.jsonl + progress line every N steps
     eval_every_steps: int = 0  # eval loss on the held-out split every N steps; 0: only at the end
     progress: bool = True  # rich progress bar
+    segment_attention: bool = True  # packed + sdpa: causal attention per sequence segment (no block mask)
+    causal_no_pad_mask: bool = True  # padded + causal: skip the padding mask (right padding cannot leak)
 
 
 @dataclass(frozen=True)

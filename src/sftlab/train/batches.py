@@ -41,11 +41,7 @@ def plan_windows(
     rng.shuffle(order)
     if group_by_length:
         mega = window_size * 50
-        order = [
-            i
-            for s in range(0, len(order), mega)
-            for i in sorted(order[s : s + mega], key=lambda j: -lengths[j])
-        ]
+        order = [i for s in range(0, len(order), mega) for i in sorted(order[s : s + mega], key=lambda j: -lengths[j])]
     windows = [order[s : s + window_size] for s in range(0, len(order), window_size)]
     if group_by_length:
         rng.shuffle(windows)

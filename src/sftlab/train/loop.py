@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from sftlab.config import Config
+from sftlab.train.attention import SEGMENT_ATTENTION, register_segment_attention
 from sftlab.train.batches import collate_packed, collate_padded, pack_bfd, plan_windows, split_window
 from sftlab.train.loss import forward_loss_sum
 from sftlab.train.optim import build_optimizer, build_scheduler
@@ -72,9 +73,7 @@ def build_step_plan(lengths: list[int], cfg: Config) -> StepPlan:
 def count_steps(plan: StepPlan, cfg: Config) -> tuple[int, int]:
     """(steps per epoch, total optimizer steps)."""
     per_epoch = max(1, math.ceil(len(plan.units) / plan.window))
-    total = (
-        cfg.train.max_steps if cfg.train.max_steps > 0 else max(1, math.ceil(cfg.train.epochs * per_epoch))
-    )
+    total = cfg.train.max_steps if cfg.train.max_steps > 0 else max(1, math.ceil(cfg.train.epochs * per_epoch))
     return per_epoch, total
 
 
@@ -202,6 +201,10 @@ def train(
     set_seed(t.seed)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    segment_attention = cfg.data.packing and model.config._attn_implementation == "sdpa" and t.segment_attention
+    if segment_attention:
+        register_segment_attention()
+        model.set_attn_implementation(SEGMENT_ATTENTION)
     model.train()
     optimizer = build_optimizer(model, t)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -227,16 +230,14 @@ def train(
             for batch in batches:
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 with accelerator.autocast():
-                    loss_sum, _ = forward_loss_sum(model, batch)
+                    loss_sum, _ = forward_loss_sum(model, batch, drop_padding_mask=t.causal_no_pad_mask)
                 loss = loss_sum / max(n_window, 1)
                 accelerator.backward(loss)
                 step_loss += float(loss.detach())
             tokens_since_log += n_real
             result.tokens += n_real
             result.trained_tokens += n_window
-            grad_norm = accelerator.clip_grad_norm_(
-                params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
-            )
+            grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -245,9 +246,7 @@ def train(
 
             is_last = step == total_steps - 1
             eval_loss = None
-            if eval_dataset is not None and (
-                is_last or (t.eval_every_steps and (step + 1) % t.eval_every_steps == 0)
-            ):
+            if eval_dataset is not None and (is_last or (t.eval_every_steps and (step + 1) % t.eval_every_steps == 0)):
                 eval_loss = evaluate_loss(model, eval_dataset, cfg, pad_id, accelerator)
                 result.eval_loss = eval_loss
             if metrics and ((step + 1) % t.log_every_steps == 0 or is_last or eval_loss is not None):
@@ -274,6 +273,8 @@ def train(
                 f"{result.tokens / max(time.perf_counter() - start, 1e-9):,.0f} tok/s",
             )
     result.elapsed_s = time.perf_counter() - start
+    if segment_attention:
+        accelerator.unwrap_model(model).set_attn_implementation("sdpa")  # what the saved model should use
     if metrics:
         metrics.close()
     return result

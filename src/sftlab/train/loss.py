@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from sftlab.train.attention import SEGMENT_ATTENTION, segments_from_position_ids
+
 IGNORE = -100
 
 
@@ -26,7 +28,7 @@ def _uses_plain_head(model) -> bool:
 
 
 def forward_loss_sum(
-    model, batch: dict[str, torch.Tensor], chunk_size: int = 2048
+    model, batch: dict[str, torch.Tensor], chunk_size: int = 2048, drop_padding_mask: bool = False
 ) -> tuple[torch.Tensor, int]:
     """Sum of next-token cross-entropy over labelled positions, and their count.
 
@@ -38,6 +40,12 @@ def forward_loss_sum(
     mask = labels != IGNORE
     n = int(mask.sum())
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    if "position_ids" in inputs and model.config._attn_implementation == SEGMENT_ATTENTION:
+        inputs["sftlab_segments"] = segments_from_position_ids(inputs["position_ids"])
+    if drop_padding_mask:
+        # Right padding only: real tokens never attend to later positions, so under causal attention the
+        # padding mask changes nothing for them, and without it SDPA takes its fused causal kernel.
+        inputs.pop("attention_mask", None)
     # No KV cache in training; it also matters for correctness: transformers detects packed sequences
     # from restarting position ids only when no cache is passed, else packed sequences attend to each other.
     inputs["use_cache"] = False

@@ -17,9 +17,7 @@ log = logging.getLogger(__name__)
 def prepare_output_dir(cfg: Config) -> Path:
     out = Path(cfg.output.dir)
     if out.exists() and any(out.iterdir()) and not cfg.output.overwrite:
-        raise ConfigError(
-            f"output directory {out} is not empty; set output.overwrite: true or pick another output.dir"
-        )
+        raise ConfigError(f"output directory {out} is not empty; set output.overwrite: true or pick another output.dir")
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -31,9 +29,7 @@ def load_datasets(cfg: Config, tokenizer, out: Path, progress: bool = True):
     from sftlab.data.pipeline import build_dataset
 
     if not cfg.data.sources:
-        raise ConfigError(
-            "data.sources is empty: add at least one source, e.g. data.sources: [{path: train.jsonl}]"
-        )
+        raise ConfigError("data.sources is empty: add at least one source, e.g. data.sources: [{path: train.jsonl}]")
     skipped = cfg.data.skipped_file or str(out / "skipped.jsonl")
     train_ds, report = build_dataset(cfg.data, tokenizer, skipped_path=skipped, progress=progress)
     reports = {"train": report.to_dict()}
@@ -50,9 +46,7 @@ def load_datasets(cfg: Config, tokenizer, out: Path, progress: bool = True):
                 "count": None,
             }
         )
-        eval_ds, eval_report = build_dataset(
-            cfg.data, tokenizer, sources=(src,), skipped_path=None, progress=progress
-        )
+        eval_ds, eval_report = build_dataset(cfg.data, tokenizer, sources=(src,), skipped_path=None, progress=progress)
         reports["eval"] = eval_report.to_dict()
     elif cfg.eval.split_ratio > 0:
         split = train_ds.train_test_split(test_size=cfg.eval.split_ratio, seed=cfg.train.seed)
@@ -73,9 +67,7 @@ def save_final(model, tokenizer, path: Path) -> Path:
     gen = model.generation_config
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if gen.eos_token_id is not None:
-        eos = sorted(
-            set(eos) | set(gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id])
-        )
+        eos = sorted(set(eos) | set(gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]))
     gen.eos_token_id = eos[0] if len(eos) == 1 else (eos or None)
     gen.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(tmp)
@@ -139,8 +131,8 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
 def write_run_scorecard(cfg: Config, model, tokenizer, out: Path, progress: bool) -> str:
     """Score the trained model (and the base, unless trained from scratch) on ``eval.tasks``."""
     from rich.console import Console
-
     from sftlab.eval.scorecard import evaluate_model, format_scorecard, write_scorecard
+
     from sftlab.model.load import load_model, load_tokenizer
 
     base = base_tok = None
@@ -148,9 +140,16 @@ def write_run_scorecard(cfg: Config, model, tokenizer, out: Path, progress: bool
         base_tok = load_tokenizer(cfg.model)
         base = load_model(cfg.model, base_tok)
     model.eval()
-    card = evaluate_model(model, tokenizer, cfg.eval.tasks, base_model=base, base_tokenizer=base_tok,
-                          batch_size=cfg.eval.batch_size, bootstrap_samples=cfg.eval.bootstrap_samples,
-                          progress=progress)
+    card = evaluate_model(
+        model,
+        tokenizer,
+        cfg.eval.tasks,
+        base_model=base,
+        base_tokenizer=base_tok,
+        batch_size=cfg.eval.batch_size,
+        bootstrap_samples=cfg.eval.bootstrap_samples,
+        progress=progress,
+    )
     path = out / "scorecard.json"
     write_scorecard(card, path)
     if progress:

@@ -73,6 +73,19 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    enabled: bool = False  # train low-rank adapters (peft) instead of all weights
+    r: int = 16  # adapter rank
+    alpha: float = 32.0  # scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rslora)
+    dropout: float = 0.05
+    target_modules: str | tuple[str, ...] = "all-linear"  # all-linear | regex | list of module names
+    use_rslora: bool = False  # rank-stabilised scaling
+    use_dora: bool = False  # weight-decomposed LoRA
+    modules_to_save: tuple[str, ...] = ()  # also train these fully, e.g. [embed_tokens, lm_head]
+    merge_on_save: bool = False  # also write OUTPUT/merged/ (adapter merged into the base)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: float = 1.0  # passes over the data (ignored when max_steps > 0)
     max_steps: int = 0  # optimizer steps; 0: derived from epochs
@@ -92,7 +105,7 @@ class TrainConfig:
     log_every_steps: int = 10  # metrics.jsonl + progress line every N steps
     eval_every_steps: int = 0  # eval loss on the held-out split every N steps; 0: only at the end
     progress: bool = True  # rich progress bar
-    segment_attention: bool = True  # packed + sdpa: causal attention per sequence segment (no block mask)
+    segment_attention: bool = False  # packed + sdpa: causal attention per segment instead of a block mask
     causal_no_pad_mask: bool = True  # padded + causal: skip the padding mask (right padding cannot leak)
 
 
@@ -138,6 +151,7 @@ class OutputConfig:
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -312,6 +326,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 SECTIONS = (
     ("model", ModelConfig),
+    ("lora", LoraConfig),
     ("data", DataConfig),
     ("data.sources[]", SourceConfig),
     ("train", TrainConfig),

@@ -23,14 +23,10 @@ def _looks_like_hub_id(name: str) -> bool:
 
 def _check_source(name: str, what: str) -> None:
     if not name:
-        raise ConfigError(
-            f"model.{what} is empty: set it to a local model folder or a hub id (e.g. Qwen/Qwen2.5-0.5B)"
-        )
+        raise ConfigError(f"model.{what} is empty: set it to a local model folder or a hub id (e.g. Qwen/Qwen2.5-0.5B)")
     if Path(name).exists() or _looks_like_hub_id(name):
         return
-    raise ConfigError(
-        f"model path does not exist: {name} (give an existing folder or a hub id like org/name)"
-    )
+    raise ConfigError(f"model path does not exist: {name} (give an existing folder or a hub id like org/name)")
 
 
 def _load_error(name: str, err: Exception) -> ConfigError:
@@ -51,9 +47,7 @@ def load_tokenizer(cfg: ModelConfig):
     name = cfg.tokenizer or cfg.name_or_path
     _check_source(name, "tokenizer" if cfg.tokenizer else "name_or_path")
     try:
-        tok = AutoTokenizer.from_pretrained(
-            name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-        )
+        tok = AutoTokenizer.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
         raise _load_error(name, e) from None
     if tok.pad_token is None:
@@ -98,9 +92,7 @@ def load_model(cfg: ModelConfig, tokenizer, seed: int = 0):
             use_safetensors=True,
         )
     except ImportError as e:
-        raise ConfigError(
-            f"model.attn_implementation={cfg.attn_implementation!r} is not available: {e}"
-        ) from None
+        raise ConfigError(f"model.attn_implementation={cfg.attn_implementation!r} is not available: {e}") from None
     except (OSError, ValueError) as e:
         raise _load_error(cfg.name_or_path, e) from None
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:

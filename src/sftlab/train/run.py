@@ -60,7 +60,8 @@ def load_datasets(cfg: Config, tokenizer, out: Path, progress: bool = True):
 def save_final(model, tokenizer, path: Path) -> Path:
     """Hugging Face folder (config, safetensors, tokenizer with chat template, generation config), atomically.
 
-    Written to ``path.tmp`` first and renamed, so a crash never leaves a half-written ``final/``.
+    For a peft model the folder holds the adapter (``adapter_config.json`` naming the base model,
+    ``adapter_model.safetensors``), loadable with ``peft.PeftModel.from_pretrained``. Written to ``path.tmp`` first and renamed, so a crash never leaves a half-written ``final/``.
     """
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -82,6 +83,7 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
     """Train from a config and return the summary (also written to ``OUTPUT/summary.json``)."""
     from sftlab.data.render import resolve_chat_template
 
+    from sftlab.model.adapters import apply_lora
     from sftlab.model.load import count_parameters, load_model, load_tokenizer
     from sftlab.train.loop import build_accelerator, train
 
@@ -94,12 +96,16 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
     tokenizer.chat_template = resolve_chat_template(cfg.data.template, tokenizer)
     train_ds, eval_ds, report = load_datasets(cfg, tokenizer, out, progress=progress)
     model = load_model(cfg.model, tokenizer, seed=cfg.train.seed)
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
     trainable, total = count_parameters(model)
     result = train(cfg, model, tokenizer, train_ds, eval_ds, out, accelerator=accelerator)
     final_dir = None
     if cfg.output.save_final and accelerator.is_main_process:
         model = accelerator.unwrap_model(model)
         final_dir = str(save_final(model, tokenizer, out / "final"))
+        if cfg.lora.enabled and cfg.lora.merge_on_save:
+            save_final(model.merge_and_unload(), tokenizer, out / "merged")
     if cfg.eval.tasks and accelerator.is_main_process:
         summary_card = write_run_scorecard(cfg, accelerator.unwrap_model(model), tokenizer, out, progress)
     else:

@@ -30,6 +30,7 @@ class RunResult:
     losses: list[float] = field(default_factory=list)  # train loss of every optimizer step
     grad_norms: list[float] = field(default_factory=list)
     eval_loss: float | None = None
+    packing_fill: float = 1.0  # share of packed row capacity used by real tokens
     tokens: int = 0  # real (non-padding) tokens processed
     trained_tokens: int = 0  # tokens with a loss
     elapsed_s: float = 0.0
@@ -48,6 +49,10 @@ class StepPlan:
     window: int  # units per optimizer step
     micro: int  # units per micro-batch
     packed: bool
+
+    def fill_rate(self, max_len: int) -> float:
+        """Share of packed row capacity holding real tokens (1.0 when not packed)."""
+        return sum(self.unit_lengths) / (max_len * len(self.units)) if self.packed else 1.0
 
 
 def build_step_plan(lengths: list[int], cfg: Config) -> StepPlan:
@@ -214,7 +219,7 @@ def train(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     params = [p for p in model.parameters() if p.requires_grad]
 
-    result = RunResult(output_dir=str(out), steps=total_steps)
+    result = RunResult(output_dir=str(out), steps=total_steps, packing_fill=plan.fill_rate(cfg.data.max_seq_len))
     metrics = MetricsWriter(out / "metrics.jsonl") if accelerator.is_main_process else None
     windows = iter_windows(plan, cfg)
     start = last_log_time = time.perf_counter()

@@ -126,6 +126,7 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
         "train_time_s": round(result.elapsed_s, 2),
         "total_time_s": round(time.perf_counter() - t0, 2),
         "tokens_per_s": round(result.tokens / max(result.elapsed_s, 1e-9), 1),
+        "packing_fill": round(result.packing_fill, 4),
         "data": report.to_dict() if hasattr(report, "to_dict") else None,
         "config": to_dict(cfg),
     }

@@ -86,6 +86,16 @@ class LoraConfig:
 
 
 @dataclass(frozen=True)
+class SelectConfig:
+    preset: Literal["none", "ffn_middle_band", "attention_only", "ffn_only", "half", "last_n_layers"] = "none"
+    include: tuple[str, ...] = ()  # regexes on parameter names to train (searched, not anchored)
+    exclude: tuple[str, ...] = ()  # regexes on parameter names to keep frozen (wins over include)
+    layers: str | None = None  # only these blocks: "8-15" (0-based, inclusive) or fractions "0.25-0.5"
+    last_n: int = 2  # last_n_layers: how many final blocks
+    seed: int = 0  # half: which half of each block's matrices is trained
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: float = 1.0  # passes over the data (ignored when max_steps > 0)
     max_steps: int = 0  # optimizer steps; 0: derived from epochs
@@ -152,6 +162,7 @@ class OutputConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -327,6 +338,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 SECTIONS = (
     ("model", ModelConfig),
     ("lora", LoraConfig),
+    ("select", SelectConfig),
     ("data", DataConfig),
     ("data.sources[]", SourceConfig),
     ("train", TrainConfig),

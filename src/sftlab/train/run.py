@@ -81,10 +81,12 @@ def save_final(model, tokenizer, path: Path) -> Path:
 
 def run_training(cfg: Config, progress: bool | None = None) -> dict:
     """Train from a config and return the summary (also written to ``OUTPUT/summary.json``)."""
+    from rich.console import Console
     from sftlab.data.render import resolve_chat_template
 
     from sftlab.model.adapters import apply_lora
     from sftlab.model.load import count_parameters, load_model, load_tokenizer
+    from sftlab.model.select import apply_selection, format_trainable_table, is_active, trainable_table
     from sftlab.train.loop import build_accelerator, train
 
     progress = cfg.train.progress if progress is None else progress
@@ -96,8 +98,16 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
     tokenizer.chat_template = resolve_chat_template(cfg.data.template, tokenizer)
     train_ds, eval_ds, report = load_datasets(cfg, tokenizer, out, progress=progress)
     model = load_model(cfg.model, tokenizer, seed=cfg.train.seed)
+    if cfg.lora.enabled and is_active(cfg.select):
+        raise ConfigError("use either lora.enabled or a select preset/pattern, not both")
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
+    elif is_active(cfg.select):
+        apply_selection(model, cfg.select)
+    rows = trainable_table(model)
+    (out / "trainable_parameters.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    if progress:
+        Console().print(format_trainable_table(rows))
     trainable, total = count_parameters(model)
     result = train(cfg, model, tokenizer, train_ds, eval_ds, out, accelerator=accelerator)
     final_dir = None

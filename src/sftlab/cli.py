@@ -176,8 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         user_errors += (DataError,)
     except ImportError:
         pass
+    from sftlab.train.loop import TrainingStopped
+
     try:
         return int(args.func(args) or 0)
+    except TrainingStopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return e.exit_code
     except user_errors as e:
         if args.verbose:
             raise

@@ -115,6 +115,11 @@ class TrainConfig:
     log_every_steps: int = 10  # metrics.jsonl + progress line every N steps
     eval_every_steps: int = 0  # eval loss on the held-out split every N steps; 0: only at the end
     progress: bool = True  # rich progress bar
+    save_every_steps: int = 0  # checkpoint every N steps; 0: off
+    save_every_minutes: float = 0.0  # checkpoint every N minutes; 0: off
+    keep_last: int = 2  # checkpoints kept (older ones deleted)
+    resume: str = "none"  # none | auto (latest valid checkpoint in output.dir) | path of a checkpoint
+    max_skipped_steps: int = 10  # stop after this many updates skipped for non-finite loss / gradients
     segment_attention: bool = False  # packed + sdpa: causal attention per segment instead of a block mask
     causal_no_pad_mask: bool = True  # padded + causal: skip the padding mask (right padding cannot leak)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,8 @@ import torch
 from sftlab.config import Config
 from sftlab.train.attention import SEGMENT_ATTENTION, register_segment_attention
 from sftlab.train.batches import collate_packed, collate_padded, pack_bfd, plan_windows, split_window
+from sftlab.train.checkpoint import find_latest_valid, load_checkpoint, prune_checkpoints, save_checkpoint
+from sftlab.train.faults import Faults
 from sftlab.train.loss import forward_loss_sum
 from sftlab.train.optim import build_optimizer, build_scheduler
 
@@ -30,6 +34,8 @@ class RunResult:
     losses: list[float] = field(default_factory=list)  # train loss of every optimizer step
     grad_norms: list[float] = field(default_factory=list)
     eval_loss: float | None = None
+    skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
+    resumed_from: str | None = None
     packing_fill: float = 1.0  # share of packed row capacity used by real tokens
     tokens: int = 0  # real (non-padding) tokens processed
     trained_tokens: int = 0  # tokens with a loss
@@ -82,9 +88,14 @@ def count_steps(plan: StepPlan, cfg: Config) -> tuple[int, int]:
     return per_epoch, total
 
 
-def iter_windows(plan: StepPlan, cfg: Config):
-    """Yield (epoch, [micro-batch unit lists]) forever, one item per optimizer step."""
-    epoch = 0
+def iter_windows(plan: StepPlan, cfg: Config, start_step: int = 0):
+    """Yield (epoch, [micro-batch unit lists]) forever, one item per optimizer step, from ``start_step``.
+
+    Each epoch's windows are a pure function of (seed, epoch), so a resumed run jumps straight to its
+    window: nothing is replayed.
+    """
+    per_epoch = max(1, math.ceil(len(plan.units) / plan.window))
+    epoch, skip = divmod(start_step, per_epoch)
     while True:
         if cfg.data.shuffle:
             windows = plan_windows(
@@ -97,8 +108,9 @@ def iter_windows(plan: StepPlan, cfg: Config):
         else:
             order = list(range(len(plan.units)))
             windows = [order[s : s + plan.window] for s in range(0, len(order), plan.window)]
-        for w in windows:
+        for w in windows[skip:]:
             yield epoch, split_window(w, plan.unit_lengths, plan.micro)
+        skip = 0
         epoch += 1
 
 
@@ -186,6 +198,46 @@ def _progress(enabled: bool):
     )
 
 
+class TrainingStopped(Exception):
+    """The run stopped early on purpose; ``exit_code`` tells why (3 signal, 4 non-finite, 5 disk)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class GracefulStop:
+    """First SIGINT / SIGTERM: finish the step, checkpoint, exit. Second SIGINT: stop at once."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl+C interrupts at once
+        print(f"\n{self.signal_name}: finishing this step, then saving a checkpoint (Ctrl+C again to quit now)")
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def restore_metrics(path: Path, step: int) -> None:
+    """Keep only the metrics lines up to ``step`` (a resumed run rewrites what came after)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+
+
 def train(
     cfg: Config,
     model,
@@ -218,36 +270,102 @@ def train(
     scheduler = build_scheduler(optimizer, total_steps, t)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     params = [p for p in model.parameters() if p.requires_grad]
+    faults = Faults()
+    ckpt_root = out / "checkpoints"
 
     result = RunResult(output_dir=str(out), steps=total_steps, packing_fill=plan.fill_rate(cfg.data.max_seq_len))
+    start_step = 0
+    if t.resume != "none":
+        ckpt = find_latest_valid(ckpt_root) if t.resume == "auto" else Path(t.resume)
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler)
+            start_step = state["step"]
+            result.losses, result.grad_norms = state["losses"], state["grad_norms"]
+            result.tokens, result.trained_tokens = state["tokens"], state["trained_tokens"]
+            result.skipped_steps = state.get("skipped_steps", 0)
+            result.resumed_from = str(ckpt)
+            restore_metrics(out / "metrics.jsonl", start_step)
+            if t.progress:
+                print(f"resumed from {ckpt} at step {start_step}")
+        elif t.resume != "auto":
+            raise TrainingStopped(f"train.resume: no checkpoint at {t.resume}", 2)
     metrics = MetricsWriter(out / "metrics.jsonl") if accelerator.is_main_process else None
-    windows = iter_windows(plan, cfg)
-    start = last_log_time = time.perf_counter()
+    windows = iter_windows(plan, cfg, start_step)
+    start = last_log_time = last_save_time = time.perf_counter()
     tokens_since_log = 0
-    with _progress(t.progress and accelerator.is_main_process) as bar:
-        task = bar.add_task("", total=total_steps)
-        for step in range(total_steps):
+
+    def checkpoint(step: int) -> None:
+        state = {
+            "step": step,
+            "losses": result.losses,
+            "grad_norms": result.grad_norms,
+            "tokens": result.tokens,
+            "trained_tokens": result.trained_tokens,
+            "skipped_steps": result.skipped_steps,
+        }
+        try:
+            save_checkpoint(ckpt_root, step, accelerator.unwrap_model(model), optimizer, scheduler, state, faults)
+        except OSError as e:
+            raise TrainingStopped(
+                f"could not write checkpoint at step {step} ({e}); the last valid checkpoint "
+                f"is kept in {ckpt_root}. Free disk space, then resume with train.resume=auto",
+                5,
+            ) from None
+        prune_checkpoints(ckpt_root, t.keep_last)
+
+    with _progress(t.progress and accelerator.is_main_process) as bar, GracefulStop() as stop:
+        task = bar.add_task("", total=total_steps, completed=start_step)
+        for step in range(start_step, total_steps):
             epoch, micro_batches = next(windows)
             batches = [make_batch(train_dataset, plan, m, pad_id) for m in micro_batches]
             n_window = sum(int((b["shift_labels"] != -100).sum()) for b in batches)
             n_real = sum(plan.unit_lengths[u] for m in micro_batches for u in m)
-            step_loss = 0.0
+            step_loss, finite = 0.0, True
             for batch in batches:
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 with accelerator.autocast():
                     loss_sum, _ = forward_loss_sum(model, batch, drop_padding_mask=t.causal_no_pad_mask)
-                loss = loss_sum / max(n_window, 1)
+                loss = faults.loss(step + 1, loss_sum / max(n_window, 1))
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
                 accelerator.backward(loss)
                 step_loss += float(loss.detach())
+            grad_norm = float("nan")
+            if finite:
+                grad_norm = float(accelerator.clip_grad_norm_(params, t.max_grad_norm or float("inf")))
+                finite = math.isfinite(grad_norm)
+            if finite:
+                optimizer.step()
+            else:  # skip the update, count it, and name the data that caused it
+                result.skipped_steps += 1
+                sources = sorted(
+                    {
+                        str(x)
+                        for x in train_dataset[[i for m in micro_batches for u in m for i in plan.units[u]]].get(
+                            "source", []
+                        )
+                    }
+                )
+                print(
+                    f"warning: step {step + 1}: non-finite loss or gradient norm; update skipped "
+                    f"({result.skipped_steps}/{t.max_skipped_steps}; sources {sources})"
+                )
+                if result.skipped_steps >= t.max_skipped_steps:
+                    optimizer.zero_grad(set_to_none=True)
+                    raise TrainingStopped(
+                        f"stopped at step {step + 1}: {result.skipped_steps} steps had a non-finite loss or gradient "
+                        f"(last batch from sources {sources}); lower train.lr, check the data, or use precision fp32. "
+                        f"Last valid checkpoint: {find_latest_valid(ckpt_root) or 'none'}",
+                        4,
+                    )
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
             tokens_since_log += n_real
             result.tokens += n_real
             result.trained_tokens += n_window
-            grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            result.losses.append(step_loss)
-            result.grad_norms.append(float(grad_norm))
+            result.losses.append(step_loss if finite else float("nan"))
+            result.grad_norms.append(grad_norm)
 
             is_last = step == total_steps - 1
             eval_loss = None
@@ -259,9 +377,9 @@ def train(
                 record = {
                     "step": step + 1,
                     "epoch": round(epoch + (step % per_epoch + 1) / per_epoch, 4),
-                    "loss": step_loss,
+                    "loss": result.losses[-1],
                     "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
+                    "grad_norm": grad_norm,
                     "tokens": result.tokens,
                     "trained_tokens": result.trained_tokens,
                     "tokens_per_s": tokens_since_log / max(now - last_log_time, 1e-9),
@@ -277,6 +395,21 @@ def train(
                 description=f"loss {step_loss:.4f} lr {scheduler.get_last_lr()[0]:.2e} "
                 f"{result.tokens / max(time.perf_counter() - start, 1e-9):,.0f} tok/s",
             )
+            faults.after_step(step + 1)
+            due = (t.save_every_steps and (step + 1) % t.save_every_steps == 0) or (
+                t.save_every_minutes and time.perf_counter() - last_save_time >= 60 * t.save_every_minutes
+            )
+            if (due or stop.signal_name) and not is_last:
+                checkpoint(step + 1)
+                last_save_time = time.perf_counter()
+            if stop.signal_name and not is_last:
+                if metrics:
+                    metrics.close()
+                raise TrainingStopped(
+                    f"stopped by {stop.signal_name} after step {step + 1}; checkpoint saved in "
+                    f"{ckpt_root}. Resume with: --set train.resume=auto",
+                    3,
+                )
     result.elapsed_s = time.perf_counter() - start
     if segment_attention:
         accelerator.unwrap_model(model).set_attn_implementation("sdpa")  # what the saved model should use

@@ -19,7 +19,9 @@ def prepare_output_dir(cfg: Config) -> Path:
     if out.exists() and any(out.iterdir()) and not cfg.output.overwrite:
         raise ConfigError(f"output directory {out} is not empty; set output.overwrite: true or pick another output.dir")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
+    if cfg.train.resume == "none":
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     save_config(cfg, out / "config.yaml")
     return out
 

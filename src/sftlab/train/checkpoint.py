@@ -1,0 +1,166 @@
+"""Checkpoints that are never half-written, and exact resume.
+
+A checkpoint is a folder ``OUTPUT/checkpoints/step-000120/`` holding:
+- ``trainable.safetensors``: every trainable tensor (all weights for full fine-tuning, the adapters for
+  LoRA, the selected tensors for selective training). Frozen tensors are rebuilt by loading the base.
+- ``optimizer.pt``, ``scheduler.pt``: their state dicts.
+- ``state.json``: step, token counters, the per-step losses so far, python / numpy RNG states;
+  ``rng.safetensors``: torch RNG states. Nothing is unpickled on resume.
+- ``manifest.json``, written last: the sha256 of every file above.
+It is written to ``step-000120.tmp`` and renamed, so a crash leaves either nothing or a whole
+checkpoint; one whose manifest is missing or whose checksums fail is ignored with a warning.
+
+The data position needs no storage: the windows of every epoch are a pure function of (seed, epoch),
+so step ``s`` resumes at window ``s mod steps_per_epoch`` of epoch ``s // steps_per_epoch`` at once,
+with no batch replayed or skipped one by one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
+    """RNG states as (JSON-able python / numpy part, tensors for safetensors): no pickle involved."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    plain = {"python": [version, list(internal), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached]}
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return plain, tensors
+
+
+def set_rng_state(plain: dict, tensors: dict[str, torch.Tensor]) -> None:
+    version, internal, gauss = plain["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: dict, fault=None) -> Path:
+    """Write checkpoint ``step`` atomically under ``root``; returns its folder."""
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f"step-{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        plain_rng, tensor_rng = rng_state()
+        save_file(tensor_rng, str(tmp / "rng.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**state, "rng": plain_rng}), encoding="utf-8")
+        if fault is not None:
+            fault.during_checkpoint(step)
+        files = sorted(p.name for p in tmp.iterdir())
+        manifest = {"step": step, "files": {name: _sha256(tmp / name) for name in files}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_valid(ckpt: Path) -> bool:
+    """A manifest is present and every file matches its checksum."""
+    manifest = ckpt / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        return all((ckpt / n).is_file() and _sha256(ckpt / n) == h for n, h in files.items())
+    except (ValueError, KeyError, OSError):
+        return False
+
+
+def find_latest_valid(root: Path) -> Path | None:
+    """The newest valid checkpoint under ``root``; invalid ones are skipped with a warning."""
+    if not root.is_dir():
+        return None
+    cands = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")), reverse=True)
+    for c in cands:
+        if c.name.endswith(".tmp"):
+            continue
+        if is_valid(c):
+            return c
+        log.warning("ignoring checkpoint %s: manifest missing or checksum mismatch (half-written?)", c)
+        print(f"warning: ignoring invalid checkpoint {c} (manifest missing or checksum mismatch)")
+    return None
+
+
+def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and RNG; returns the saved ``state`` dict."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(ckpt / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
+    if missing:
+        raise ValueError(f"checkpoint {ckpt} lacks trainable tensors {missing[:3]}: was it made by another config?")
+    with torch.no_grad():
+        for n, t in tensors.items():
+            params[n].copy_(t)
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    state = json.loads((ckpt / "state.json").read_text())
+    set_rng_state(state.pop("rng"), load_file(str(ckpt / "rng.safetensors")))
+    return state
+
+
+def prune_checkpoints(root: Path, keep_last: int) -> None:
+    if keep_last <= 0 or not root.is_dir():
+        return
+    valid = sorted(
+        p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and not p.name.endswith(".tmp")
+    )
+    for old in valid[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)

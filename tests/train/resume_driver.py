@@ -1,0 +1,71 @@
+"""Run a small deterministic training in its own process (for kill / resume tests).
+
+usage: python resume_driver.py OUT_DIR [override ...]   (overrides as for --set; `lora=1` adds LoRA)
+Writes OUT_DIR/final.safetensors (all parameters) at the end; exit code as the CLI's.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+from datasets import Dataset
+from safetensors.torch import save_file
+
+from sftlab.config import LoraConfig, load_config
+from sftlab.model.adapters import apply_lora
+from sftlab.model.tiny import build_tiny_llama
+from sftlab.train.loop import TrainingStopped, train
+
+VOCAB = 64
+
+
+def dataset() -> Dataset:
+    rng = random.Random(0)
+    rows = {"input_ids": [], "labels": [], "length": [], "source": []}
+    for i in range(48):
+        ids = [rng.randrange(4, VOCAB) for _ in range(rng.randint(4, 30))]
+        rows["input_ids"].append(ids)
+        rows["labels"].append([-100] * 2 + ids[2:])
+        rows["length"].append(len(ids))
+        rows["source"].append("a" if i % 3 else "b")
+    return Dataset.from_dict(rows)
+
+
+def main() -> int:
+    out, args = sys.argv[1], sys.argv[2:]
+    lora = "lora=1" in args
+    overrides = [a for a in args if a != "lora=1"]
+    cfg = load_config(
+        None,
+        [
+            "train.progress=false",
+            "train.log_every_steps=1",
+            "train.max_steps=12",
+            "train.micro_batch_size=4",
+            "train.grad_accum=2",
+            "train.lr=3e-3",
+            "train.weight_decay=0.1",
+            "train.warmup_steps=2",
+            *overrides,
+        ],
+    )
+    model = build_tiny_llama(VOCAB, seed=0)
+    if lora:
+        model = apply_lora(model, LoraConfig(enabled=True, r=4, alpha=8, dropout=0.1))
+
+    class Tok:
+        pad_token_id = 0
+
+    try:
+        res = train(cfg, model, Tok(), dataset(), output_dir=out)
+    except TrainingStopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return e.exit_code
+    save_file({n: p.detach().contiguous() for n, p in model.named_parameters()}, f"{out}/final.safetensors")
+    print(f"skipped_steps={res.skipped_steps} resumed_from={res.resumed_from}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

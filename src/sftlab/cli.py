@@ -16,6 +16,8 @@ EXAMPLES = {
     "tokenizer": "sftlab tokenizer train data/text/*.txt --vocab-size 4096 --out runs/tok",
     "demo": "sftlab demo",
     "config": "sftlab config show examples/sst2.yaml --set train.lr=1e-4",
+    "merge": "sftlab merge --adapter runs/lora/final --out runs/lora/merged",
+    "export": "sftlab export runs/sst2 --out exported/sst2 --max-shard-size 2GB",
 }
 
 
@@ -75,6 +77,22 @@ def _cmd_config(args) -> int:
     return 0
 
 
+def _cmd_merge(args) -> int:
+    from sftlab.model.export import merge_adapter
+
+    out = merge_adapter(args.adapter, args.out, base=args.base, max_shard_size=args.max_shard_size)
+    print(f"merged adapter {args.adapter} into its base -> {out}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from sftlab.model.export import export_model
+
+    out = export_model(args.model, args.out, max_shard_size=args.max_shard_size, merge=not args.no_merge)
+    print(f"exported -> {out} (weights, tokenizer with chat template, generation config, README.md model card)")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from sftlab.demo import run_demo
 
@@ -82,9 +100,7 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="sftlab", description="Supervised fine-tuning of causal language models."
-    )
+    p = argparse.ArgumentParser(prog="sftlab", description="Supervised fine-tuning of causal language models.")
     p.add_argument("--version", action="version", version=f"sftlab {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="show debug logs and full tracebacks")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -99,9 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = add("train", "fine-tune a model from a YAML config")
     t.add_argument("config", help="YAML config with sections model, data, train, eval, output")
-    t.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.lr=1e-4"
-    )
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.lr=1e-4")
     t.add_argument("--output-dir", help="run directory (same as --set output.dir=DIR)")
     t.set_defaults(func=_cmd_train)
 
@@ -150,6 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("reference", help="print every config key with its default and meaning (Markdown)")
     c.set_defaults(func=_cmd_config)
 
+    mg = add("merge", "merge a LoRA adapter into its base model and save a plain model")
+    mg.add_argument("--adapter", required=True, help="adapter folder (RUN/final of a LoRA run)")
+    mg.add_argument("--out", required=True)
+    mg.add_argument("--base", help="base model (default: the one named in adapter_config.json)")
+    mg.add_argument("--max-shard-size", default="5GB")
+    mg.set_defaults(func=_cmd_merge)
+
+    ex = add("export", "write a clean Hugging Face folder with a model card")
+    ex.add_argument("model", help="run directory or model folder")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--max-shard-size", default="5GB", help="e.g. 2GB; larger models are split into shards")
+    ex.add_argument("--no-merge", action="store_true", help="keep a LoRA adapter as an adapter")
+    ex.set_defaults(func=_cmd_export)
+
     m = add("demo", "offline demo: build a tiny base, fine-tune it on SST-2, compare base and tuned")
     m.add_argument("--out", default="runs/demo", help="where the demo's runs go")
     m.add_argument("--rebuild-base", action="store_true", help="retrain the tiny base even if cached")
@@ -163,9 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

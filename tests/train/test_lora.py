@@ -1,0 +1,64 @@
+"""LoRA round trip: the saved adapter loads with plain peft, the merged model with plain transformers.
+
+Tolerance for merged vs adapter logits: atol 1e-5 (float32; merging reorders one matmul).
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from datasets import Dataset
+
+from sftlab.config import LoraConfig, load_config
+from sftlab.model.adapters import apply_lora
+from sftlab.model.export import export_model, merge_adapter
+from sftlab.model.tiny import build_tiny_llama
+from sftlab.train.loop import train
+from sftlab.train.run import save_final
+
+
+def trained_lora(tmp_path, tiny_tokenizer, **lora):
+    base_dir = tmp_path / "base"
+    base = build_tiny_llama(len(tiny_tokenizer), seed=0)
+    base.save_pretrained(base_dir)
+    tiny_tokenizer.save_pretrained(base_dir)
+    model = apply_lora(build_tiny_llama(len(tiny_tokenizer), seed=0), LoraConfig(enabled=True, r=4, alpha=8, **lora))
+    model.base_model.model.config._name_or_path = str(base_dir)
+    model.peft_config["default"].base_model_name_or_path = str(base_dir)
+    rng = random.Random(0)
+    ids = [[rng.randrange(10, len(tiny_tokenizer)) for _ in range(12)] for _ in range(8)]
+    ds = Dataset.from_dict({"input_ids": ids, "labels": ids, "length": [12] * 8})
+    cfg = load_config(None, ["train.progress=false", "train.max_steps=3", "train.lr=1e-2", "train.micro_batch_size=4"])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(cfg, model, tiny_tokenizer, ds, output_dir=tmp_path / "run")
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)  # only adapters move
+    save_final(model, tiny_tokenizer, tmp_path / "run" / "final")
+    return model, base_dir, tmp_path / "run" / "final"
+
+
+def test_adapter_round_trip_with_plain_peft_and_merge(tmp_path, tiny_tokenizer):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model, base_dir, final = trained_lora(tmp_path, tiny_tokenizer)
+    assert (final / "adapter_model.safetensors").is_file() and (final / "adapter_config.json").is_file()
+    x = torch.tensor([[5, 17, 33, 8, 99, 120]])
+    model.eval()
+    with torch.no_grad():
+        ref = model(input_ids=x).logits
+        loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(final)).eval()
+        torch.testing.assert_close(loaded(input_ids=x).logits, ref, rtol=0, atol=0)
+        merged_dir = merge_adapter(final, tmp_path / "merged")
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+        assert not any("lora" in n for n, _ in merged.named_parameters())
+        torch.testing.assert_close(merged(input_ids=x).logits, ref, rtol=0, atol=1e-5)
+        base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+        assert not torch.allclose(base(input_ids=x).logits, ref, atol=1e-4)  # the adapter did change the model
+
+
+def test_dora_rslora_train_and_export(tmp_path, tiny_tokenizer):
+    model, _, final = trained_lora(tmp_path, tiny_tokenizer, use_dora=True, use_rslora=True)
+    out = export_model(final, tmp_path / "export")
+    assert (out / "README.md").is_file() and (out / "model.safetensors").is_file()

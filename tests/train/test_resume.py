@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from sftlab.train.checkpoint import find_latest_valid, is_valid
 
-DRIVER = Path(__file__).with_name("resume_driver.py")
+DRIVER = Path(__file__).with_name("train_driver.py")
 
 
 def run(out: Path, *overrides: str, faults: str = "", check: bool = True) -> subprocess.CompletedProcess:

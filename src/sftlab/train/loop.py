@@ -8,6 +8,7 @@ step:  window = the sequences of this optimizer step (chosen before it is split 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -23,7 +24,7 @@ from sftlab.train.attention import SEGMENT_ATTENTION, register_segment_attention
 from sftlab.train.batches import collate_packed, collate_padded, pack_bfd, plan_windows, split_window
 from sftlab.train.checkpoint import find_latest_valid, load_checkpoint, prune_checkpoints, save_checkpoint
 from sftlab.train.faults import Faults
-from sftlab.train.loss import forward_loss_sum
+from sftlab.train.loss import LossHead, forward_loss_sum
 from sftlab.train.optim import build_optimizer, build_scheduler
 
 
@@ -51,7 +52,8 @@ class StepPlan:
     """What each optimizer step trains on: ``units`` are sequences, or packed bins of sequences."""
 
     units: list[list[int]]  # unit -> dataset indices
-    unit_lengths: list[int]
+    unit_lengths: list[int]  # tokens per unit
+    unit_targets: list[int]  # positions with a loss per unit
     window: int  # units per optimizer step
     micro: int  # units per micro-batch
     packed: bool
@@ -61,24 +63,37 @@ class StepPlan:
         return sum(self.unit_lengths) / (max_len * len(self.units)) if self.packed else 1.0
 
 
-def build_step_plan(lengths: list[int], cfg: Config) -> StepPlan:
+def count_targets(labels) -> int:
+    """Positions with a loss once labels are shifted (the first token is never predicted)."""
+    return sum(1 for x in labels[1:] if x != -100)
+
+
+def build_step_plan(lengths: list[int], targets: list[int], cfg: Config, world: int = 1) -> StepPlan:
+    """Units (sequences or packed bins) and the window size: ``micro x accum x processes`` units per step."""
     t = cfg.train
-    if cfg.data.packing:
-        bins = pack_bfd(lengths, cfg.data.max_seq_len)
-        return StepPlan(
-            bins,
-            [sum(lengths[i] for i in b) for b in bins],
-            t.micro_batch_size * t.grad_accum,
-            t.micro_batch_size,
-            True,
-        )
+    units = pack_bfd(lengths, cfg.data.max_seq_len) if cfg.data.packing else [[i] for i in range(len(lengths))]
     return StepPlan(
-        [[i] for i in range(len(lengths))],
-        list(lengths),
-        t.micro_batch_size * t.grad_accum,
-        t.micro_batch_size,
-        False,
+        units=units,
+        unit_lengths=[sum(lengths[i] for i in u) for u in units],
+        unit_targets=[sum(targets[i] for i in u) for u in units],
+        window=t.micro_batch_size * t.grad_accum * world,
+        micro=t.micro_batch_size,
+        packed=cfg.data.packing,
     )
+
+
+def shard_micro_batches(micro_batches: list[list[int]], rank: int, world: int) -> list[tuple[list[int], float]]:
+    """This process's micro-batches of a window, as (units, loss weight).
+
+    Every process gets the same number of micro-batches (DDP / FSDP need the same number of backward
+    passes); a process short of data repeats the first micro-batch with weight 0.
+
+    >>> shard_micro_batches([[0], [1], [2]], rank=1, world=2)
+    [([1], 1.0), ([0], 0.0)]
+    """
+    slots = math.ceil(len(micro_batches) / world)
+    mine = [(m, 1.0) for m in micro_batches[rank::world]]
+    return mine + [(micro_batches[0], 0.0)] * (slots - len(mine))
 
 
 def count_steps(plan: StepPlan, cfg: Config) -> tuple[int, int]:
@@ -134,7 +149,10 @@ def build_accelerator(precision: str):
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision])
+    # cpu=True on a machine without CUDA: accelerate then sets up multi-process CPU (gloo) under torchrun
+    return Accelerator(
+        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision], cpu=not torch.cuda.is_available()
+    )
 
 
 def evaluate_loss(model, dataset, cfg: Config, pad_id: int, accelerator) -> float | None:
@@ -230,6 +248,16 @@ class GracefulStop:
         return False
 
 
+def all_finite(loss: torch.Tensor, accelerator) -> bool:
+    """Whether the loss is finite on every process (they must agree before a collective backward)."""
+    ok = torch.isfinite(loss.detach()).float()
+    if accelerator.num_processes > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok)
+
+
 def restore_metrics(path: Path, step: int) -> None:
     """Keep only the metrics lines up to ``step`` (a resumed run rewrites what came after)."""
     if not path.is_file():
@@ -264,8 +292,11 @@ def train(
         model.set_attn_implementation(SEGMENT_ATTENTION)
     model.train()
     optimizer = build_optimizer(model, t)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    plan = build_step_plan(list(train_dataset["length"]), cfg)
+    lm = model
+    model, optimizer = accelerator.prepare(LossHead(lm), optimizer)  # model: the LM + loss, maybe wrapped
+    world, rank = accelerator.num_processes, accelerator.process_index
+    targets = [count_targets(x) for x in train_dataset["labels"]]
+    plan = build_step_plan(list(train_dataset["length"]), targets, cfg, world)
     per_epoch, total_steps = count_steps(plan, cfg)
     scheduler = build_scheduler(optimizer, total_steps, t)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -278,7 +309,7 @@ def train(
     if t.resume != "none":
         ckpt = find_latest_valid(ckpt_root) if t.resume == "auto" else Path(t.resume)
         if ckpt is not None:
-            state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler)
+            state = load_checkpoint(ckpt, lm, optimizer, scheduler)
             start_step = state["step"]
             result.losses, result.grad_norms = state["losses"], state["grad_norms"]
             result.tokens, result.trained_tokens = state["tokens"], state["trained_tokens"]
@@ -304,7 +335,7 @@ def train(
             "skipped_steps": result.skipped_steps,
         }
         try:
-            save_checkpoint(ckpt_root, step, accelerator.unwrap_model(model), optimizer, scheduler, state, faults)
+            save_checkpoint(ckpt_root, step, lm, optimizer, scheduler, state, faults)
         except OSError as e:
             raise TrainingStopped(
                 f"could not write checkpoint at step {step} ({e}); the last valid checkpoint "
@@ -317,20 +348,31 @@ def train(
         task = bar.add_task("", total=total_steps, completed=start_step)
         for step in range(start_step, total_steps):
             epoch, micro_batches = next(windows)
-            batches = [make_batch(train_dataset, plan, m, pad_id) for m in micro_batches]
-            n_window = sum(int((b["shift_labels"] != -100).sum()) for b in batches)
+            # token normalisation over the whole window, on every process alike (all see the plan)
+            n_window = sum(plan.unit_targets[u] for m in micro_batches for u in m)
             n_real = sum(plan.unit_lengths[u] for m in micro_batches for u in m)
-            step_loss, finite = 0.0, True
-            for batch in batches:
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                with accelerator.autocast():
-                    loss_sum, _ = forward_loss_sum(model, batch, drop_padding_mask=t.causal_no_pad_mask)
-                loss = faults.loss(step + 1, loss_sum / max(n_window, 1))
-                if not torch.isfinite(loss):
-                    finite = False
-                    break
-                accelerator.backward(loss)
-                step_loss += float(loss.detach())
+            mine = shard_micro_batches(micro_batches, rank, world)
+            local_loss, finite = 0.0, True
+            for j, (units, weight) in enumerate(mine):
+                batch = {k: v.to(accelerator.device) for k, v in make_batch(train_dataset, plan, units, pad_id).items()}
+                sync = world == 1 or j == len(mine) - 1  # gradients are all-reduced once per step
+                with contextlib.ExitStack() as stack:
+                    if not sync:
+                        stack.enter_context(accelerator.no_sync(model))
+                    with accelerator.autocast():
+                        loss_sum, _ = forward_loss_sum(model, batch, drop_padding_mask=t.causal_no_pad_mask)
+                    loss = faults.loss(step + 1, loss_sum * weight / max(n_window, 1))
+                    finite = all_finite(loss, accelerator)
+                    if not finite:
+                        break
+                    # DDP / FSDP average gradients over processes; scaling by their number makes it a sum
+                    accelerator.backward(loss * world)
+                local_loss += float(loss.detach())
+            step_loss = (
+                float(accelerator.reduce(torch.tensor(local_loss, device=accelerator.device), "sum"))
+                if world > 1
+                else local_loss
+            )
             grad_norm = float("nan")
             if finite:
                 grad_norm = float(accelerator.clip_grad_norm_(params, t.max_grad_norm or float("inf")))
@@ -412,7 +454,7 @@ def train(
                 )
     result.elapsed_s = time.perf_counter() - start
     if segment_attention:
-        accelerator.unwrap_model(model).set_attn_implementation("sdpa")  # what the saved model should use
+        lm.set_attn_implementation("sdpa")  # what the saved model should use
     if metrics:
         metrics.close()
     return result

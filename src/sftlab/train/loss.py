@@ -27,40 +27,61 @@ def _uses_plain_head(model) -> bool:
     return bool(getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None))
 
 
+class LossHead(torch.nn.Module):
+    """The causal LM plus its loss, as one module: what the training loop (and DDP / FSDP) wraps.
+
+    Its ``forward`` runs the decoder and the chunked cross-entropy, so a distributed wrapper around it
+    sees every forward pass (DDP needs that to synchronise gradients). Parameters are the LM's own.
+    """
+
+    def __init__(self, lm: torch.nn.Module, chunk_size: int = 2048):
+        super().__init__()
+        self.lm = lm
+        self.chunk_size = chunk_size
+
+    def forward(self, input_ids, shift_labels, attention_mask=None, position_ids=None, drop_padding_mask=False):
+        lm = self.lm
+        mask = shift_labels != IGNORE
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        inputs = {k: v for k, v in inputs.items() if v is not None}
+        if position_ids is not None and lm.config._attn_implementation == SEGMENT_ATTENTION:
+            inputs["sftlab_segments"] = segments_from_position_ids(position_ids)
+        if drop_padding_mask:
+            # Right padding only: real tokens never attend to later positions, so under causal attention the
+            # padding mask changes nothing for them, and without it SDPA takes its fused causal kernel.
+            inputs.pop("attention_mask", None)
+        # No KV cache in training; it also matters for correctness: transformers detects packed sequences
+        # from restarting position ids only when no cache is passed, else packed sequences attend to each other.
+        inputs["use_cache"] = False
+        if _uses_plain_head(lm):
+            logits = lm(**inputs).logits
+            return F.cross_entropy(logits[mask].float(), shift_labels[mask], reduction="sum")
+        hidden = lm.get_decoder()(**inputs).last_hidden_state  # [B, T, H]
+        head = lm.get_output_embeddings()
+        h = hidden[mask]  # [N, H]
+        y = shift_labels[mask]  # [N]
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for s in range(0, h.shape[0], self.chunk_size):
+            hs, ys = h[s : s + self.chunk_size], y[s : s + self.chunk_size]
+            if torch.is_grad_enabled() and hs.requires_grad:
+                total = total + checkpoint(_chunk_ce_sum, head, hs, ys, use_reentrant=False)
+            else:
+                total = total + _chunk_ce_sum(head, hs, ys)
+        return total
+
+
 def forward_loss_sum(
     model, batch: dict[str, torch.Tensor], chunk_size: int = 2048, drop_padding_mask: bool = False
 ) -> tuple[torch.Tensor, int]:
     """Sum of next-token cross-entropy over labelled positions, and their count.
 
-    ``batch``: ``input_ids [B, T]``, ``shift_labels [B, T]`` (already shifted; -100 = no loss), and either
-    ``attention_mask [B, T]`` (padded) or ``position_ids [B, T]`` (packed). Divide by the number of
-    labelled tokens of the whole accumulation window (not of this micro-batch) for a token-normalised loss.
+    ``model``: a causal LM, or a (possibly distributed-wrapped) ``LossHead``. ``batch``: ``input_ids [B, T]``,
+    ``shift_labels [B, T]`` (already shifted; -100 = no loss), and either ``attention_mask [B, T]``
+    (padded) or ``position_ids [B, T]`` (packed). Divide by the number of labelled tokens of the whole
+    accumulation window (not of this micro-batch) for a token-normalised loss.
     """
-    labels = batch["shift_labels"]
-    mask = labels != IGNORE
-    n = int(mask.sum())
-    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
-    if "position_ids" in inputs and model.config._attn_implementation == SEGMENT_ATTENTION:
-        inputs["sftlab_segments"] = segments_from_position_ids(inputs["position_ids"])
-    if drop_padding_mask:
-        # Right padding only: real tokens never attend to later positions, so under causal attention the
-        # padding mask changes nothing for them, and without it SDPA takes its fused causal kernel.
-        inputs.pop("attention_mask", None)
-    # No KV cache in training; it also matters for correctness: transformers detects packed sequences
-    # from restarting position ids only when no cache is passed, else packed sequences attend to each other.
-    inputs["use_cache"] = False
-    if _uses_plain_head(model):
-        logits = model(**inputs).logits
-        return F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum"), n
-    hidden = model.get_decoder()(**inputs).last_hidden_state  # [B, T, H]
-    head = model.get_output_embeddings()
-    h = hidden[mask]  # [N, H]
-    y = labels[mask]  # [N]
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for s in range(0, h.shape[0], chunk_size):
-        hs, ys = h[s : s + chunk_size], y[s : s + chunk_size]
-        if torch.is_grad_enabled() and hs.requires_grad:
-            total = total + checkpoint(_chunk_ce_sum, head, hs, ys, use_reentrant=False)
-        else:
-            total = total + _chunk_ce_sum(head, hs, ys)
-    return total, n
+    inner = getattr(model, "module", model)
+    head = model if isinstance(inner, LossHead) else LossHead(model, chunk_size)
+    keys = ("input_ids", "shift_labels", "attention_mask", "position_ids")
+    loss = head(**{k: batch[k] for k in keys if k in batch}, drop_padding_mask=drop_padding_mask)
+    return loss, int((batch["shift_labels"] != IGNORE).sum())

@@ -1,6 +1,7 @@
-"""Run a small deterministic training in its own process (for kill / resume tests).
+"""Run a small deterministic training in its own process (kill / resume and multi-process tests).
 
-usage: python resume_driver.py OUT_DIR [override ...]   (overrides as for --set; `lora=1` adds LoRA)
+usage: python train_driver.py OUT_DIR [override ...]   (overrides as for --set; `lora=1` adds LoRA,
+`lora_nodrop=1` LoRA without dropout)
 Writes OUT_DIR/final.safetensors (all parameters) at the end; exit code as the CLI's.
 """
 
@@ -34,8 +35,9 @@ def dataset() -> Dataset:
 
 def main() -> int:
     out, args = sys.argv[1], sys.argv[2:]
-    lora = "lora=1" in args
-    overrides = [a for a in args if a != "lora=1"]
+    lora = "lora=1" in args or "lora_nodrop=1" in args
+    dropout = 0.0 if "lora_nodrop=1" in args else 0.1  # dropout masks differ per process count
+    overrides = [a for a in args if a not in ("lora=1", "lora_nodrop=1")]
     cfg = load_config(
         None,
         [
@@ -52,7 +54,7 @@ def main() -> int:
     )
     model = build_tiny_llama(VOCAB, seed=0)
     if lora:
-        model = apply_lora(model, LoraConfig(enabled=True, r=4, alpha=8, dropout=0.1))
+        model = apply_lora(model, LoraConfig(enabled=True, r=4, alpha=8, dropout=dropout))
 
     class Tok:
         pad_token_id = 0
@@ -62,6 +64,10 @@ def main() -> int:
     except TrainingStopped as e:
         print(f"stopped: {e}", file=sys.stderr)
         return e.exit_code
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return 0
     save_file({n: p.detach().contiguous() for n, p in model.named_parameters()}, f"{out}/final.safetensors")
     print(f"skipped_steps={res.skipped_steps} resumed_from={res.resumed_from}")
     return 0

@@ -1,0 +1,13 @@
+"""Evaluation: task metrics, label scoring, generation, perplexity / KL to base, paired statistics, scorecard.
+
+Modules, from pure to model-facing:
+
+- ``metrics``: accuracy, macro-F1, ECE, SQuAD EM / F1, ROUGE-L (pure Python / numpy).
+- ``compare``: paired comparison of two per-item result vectors (bootstrap CI, exact tests, verdict).
+- ``items``: reading eval files, rendering prompts, gold answers.
+- ``forward``: padding, batched continuation log-likelihoods, continuation tokenisation.
+- ``classification`` / ``generation`` / ``perplexity``: per-kind scorers.
+- ``tasks``: ``load_task_items`` and the dispatch from a ``TaskConfig`` to its scorer.
+- ``scorecard``: ``evaluate_model`` (model vs base), ``write_scorecard``, ``format_scorecard``.
+- ``cli``: ``sftlab eval``.
+"""

@@ -1,0 +1,70 @@
+"""``sftlab eval --model DIR [--base DIR] --config CONFIG [--out PATH] [--set k=v ...]``."""
+
+from __future__ import annotations
+
+import argparse
+
+from sftlab.config import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``sftlab eval`` options to ``parser``."""
+    parser.add_argument(
+        "--model", required=True, help="model folder (safetensors + tokenizer), e.g. RUN/final"
+    )
+    parser.add_argument("--base", help="base model folder to compare with (paired statistics per metric)")
+    parser.add_argument("--config", required=True, help="YAML config whose eval.tasks are scored")
+    parser.add_argument(
+        "--out", default="scorecard.json", help="where scorecard.json goes (default: ./scorecard.json)"
+    )
+    parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. eval.batch_size=8"
+    )
+
+
+def load_model_and_tokenizer(path: str, dtype: str = "float32", attn_implementation: str = "sdpa"):
+    """A saved causal LM and its tokenizer (safetensors only, no remote code), in eval mode."""
+    from sftlab.config import ModelConfig
+    from sftlab.model.load import load_model, load_tokenizer
+
+    cfg = ModelConfig(
+        name_or_path=path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=False
+    )
+    tokenizer = load_tokenizer(cfg)
+    model = load_model(cfg, tokenizer)
+    model.eval()
+    return model, tokenizer
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score the model (and the base) on the config's ``eval.tasks``, write the scorecard, print the table."""
+    from rich.console import Console
+
+    from sftlab.config import load_config
+    from sftlab.eval.scorecard import evaluate_model, format_scorecard, write_scorecard
+
+    cfg = load_config(args.config, args.set or [])
+    if not cfg.eval.tasks:
+        raise ConfigError(
+            f"{args.config}: eval.tasks is empty; add tasks (see examples/sst2.yaml) to score a model"
+        )
+    model, tokenizer = load_model_and_tokenizer(args.model, cfg.model.dtype, cfg.model.attn_implementation)
+    base = base_tok = None
+    if args.base:
+        base, base_tok = load_model_and_tokenizer(args.base, cfg.model.dtype, cfg.model.attn_implementation)
+    card = evaluate_model(
+        model,
+        tokenizer,
+        cfg.eval.tasks,
+        base_model=base,
+        base_tokenizer=base_tok,
+        batch_size=cfg.eval.batch_size,
+        bootstrap_samples=cfg.eval.bootstrap_samples,
+        progress=True,
+    )
+    card["model"], card["base"] = args.model, args.base
+    path = write_scorecard(card, args.out)
+    console = Console()
+    console.print(format_scorecard(card))
+    console.print(f"scorecard -> {path}")
+    return 0

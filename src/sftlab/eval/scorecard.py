@@ -1,0 +1,247 @@
+"""The scorecard: every task for the model (and the base), paired comparisons, scorecard.json, a table.
+
+Card layout (``scorecard.json``)::
+
+    {"format": "sftlab.scorecard/1", "has_base": bool, "elapsed_s": float,
+     "tasks": [{"name", "kind", "role", "path", "data_sha256", "limit", "n_items", "headline": [metric],
+                "metrics": {metric: {"model", "base", "delta", "ci95": [lo, hi], "p_value", "test",
+                                     "gained", "lost", "verdict", "higher_is_better", "n"}},
+                "extras": {...}, "elapsed_s"}],
+     "summary": {"specialty": {"better": [...], "worse": [...], "no significant change": [...]},
+                 "versatility": {...}}}
+
+Without a base, ``base`` / ``delta`` / ``ci95`` / ``p_value`` / ``verdict`` are null. Perplexity tasks
+report ``perplexity`` (per-window NLLs are the paired items; delta and CI are on perplexity itself) and,
+with a base of the same tokenizer, ``kl_to_base`` (base 0, verdict "n/a": a drift measure, not a score)
+and ``extras.cross_entropy_to_base``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sftlab.config import TaskConfig
+from sftlab.eval.entries import (
+    build_classification_metrics,
+    build_generation_metrics,
+    build_perplexity_metrics,
+)
+from sftlab.eval.items import hash_file
+from sftlab.eval.perplexity import tokenize_text
+from sftlab.eval.tasks import load_task_items, score_task
+
+FORMAT = "sftlab.scorecard/1"
+HEADLINE = {"classification": ["accuracy"], "generation": None, "perplexity": ["perplexity", "kl_to_base"]}
+GEN_METRICS = {"squad": ["exact_match", "f1"], "rouge_l": ["rouge_l"], "exact": ["exact_match"]}
+VERDICTS = ("better", "worse", "no significant change")
+
+
+def _same_vocab(model, base_model) -> bool:
+    a, b = model.get_output_embeddings(), base_model.get_output_embeddings()
+    return a is not None and b is not None and a.weight.shape[0] == b.weight.shape[0]
+
+
+def score_perplexity_pair(
+    model, tokenizer, base_model, base_tokenizer, task: TaskConfig, text: str, batch_size: int
+) -> tuple[dict, dict, bool, str | None]:
+    """(model result, base result, paired, why KL was skipped) for a perplexity task.
+
+    When both tokenisations of the text agree and the vocabularies match, one pass scores both
+    models and the KL; otherwise each model is scored on its own and windows are not paired.
+    """
+    ids = tokenize_text(tokenizer, text, task.max_tokens)
+    paired = ids == tokenize_text(base_tokenizer, text, task.max_tokens)
+    skipped = None
+    if paired and task.kl_to_base and _same_vocab(model, base_model):
+        res = score_task(
+            model, tokenizer, task, [{"text": text}], batch_size=batch_size, base_model=base_model
+        )
+        base = {**res["base"], "items": [{"nll": it["base_nll"]} for it in res["items"]]}
+        return res, base, True, None
+    if task.kl_to_base:
+        skipped = "different tokenisation of the text" if not paired else "different vocabulary sizes"
+    res = score_task(model, tokenizer, task, [{"text": text}], batch_size=batch_size)
+    base = score_task(base_model, base_tokenizer, task, [{"text": text}], batch_size=batch_size)
+    return res, base, paired, skipped
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[eval] {message}", highlight=False, markup=False)
+
+
+def evaluate_task(
+    model,
+    tokenizer,
+    task: TaskConfig,
+    *,
+    base_model=None,
+    base_tokenizer=None,
+    batch_size: int = 32,
+    bootstrap_samples: int = 2000,
+    progress: bool = True,
+) -> dict:
+    """The scorecard entry of one task (see the module doc)."""
+    t0 = time.perf_counter()
+    items = load_task_items(task)
+    base_res, paired, extras = None, True, {}
+    if task.kind == "perplexity" and base_model is not None:
+        res, base_res, paired, skipped = score_perplexity_pair(
+            model, tokenizer, base_model, base_tokenizer or tokenizer, task, items[0]["text"], batch_size
+        )
+        if skipped:
+            extras["kl_skipped"] = skipped
+    else:
+        res = score_task(model, tokenizer, task, items, batch_size=batch_size)
+        if base_model is not None:
+            base_res = score_task(base_model, base_tokenizer or tokenizer, task, items, batch_size=batch_size)
+    if task.kind == "classification":
+        metrics = build_classification_metrics(res, base_res, bootstrap_samples)
+    elif task.kind == "generation":
+        metrics = build_generation_metrics(res, base_res, GEN_METRICS[task.metric], bootstrap_samples)
+    else:
+        metrics = build_perplexity_metrics(res, base_res, paired, bootstrap_samples)
+        extras.update({k: res[k] for k in ("nll", "n_tokens", "n_windows", "seq_len")})
+        if "cross_entropy_to_base" in res:
+            extras["cross_entropy_to_base"] = res["cross_entropy_to_base"]
+    headline = [m for m in (HEADLINE[task.kind] or GEN_METRICS[task.metric]) if m in metrics]
+    elapsed = time.perf_counter() - t0
+    _log(
+        progress,
+        f"{task.name} ({task.kind}, {res.get('n', res.get('n_windows'))} items): "
+        + ", ".join(f"{m} {metrics[m]['model']:.4g}" for m in headline)
+        + f"  [{elapsed:.1f} s]",
+    )
+    return {
+        "name": task.name,
+        "kind": task.kind,
+        "role": task.role,
+        "path": task.path,
+        "data_sha256": hash_file(task.path),
+        "limit": task.limit,
+        "n_items": res.get("n", res.get("n_windows")),
+        "headline": headline,
+        "metrics": metrics,
+        "extras": extras,
+        "elapsed_s": round(elapsed, 3),
+    }
+
+
+def summarize_verdicts(tasks: list[dict]) -> dict:
+    """role -> verdict -> ["task.metric", ...] over the headline metrics that have a verdict."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for t in tasks:
+        side = out.setdefault(t["role"], {v: [] for v in VERDICTS})
+        for m in t["headline"]:
+            verdict = t["metrics"][m]["verdict"]
+            if verdict in side:
+                side[verdict].append(f"{t['name']}.{m}")
+    return out
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    tasks: Sequence[TaskConfig],
+    *,
+    base_model=None,
+    base_tokenizer=None,
+    batch_size: int = 32,
+    bootstrap_samples: int = 2000,
+    progress: bool = True,
+) -> dict:
+    """Score ``model`` (and ``base_model`` when given) on every task; the scorecard dict (module doc).
+
+    ``base_tokenizer`` defaults to ``tokenizer``. Models are put in eval mode; nothing is trained.
+    """
+    t0 = time.perf_counter()
+    entries = [
+        evaluate_task(
+            model,
+            tokenizer,
+            t,
+            base_model=base_model,
+            base_tokenizer=base_tokenizer,
+            batch_size=batch_size,
+            bootstrap_samples=bootstrap_samples,
+            progress=progress,
+        )
+        for t in tasks
+    ]
+    return {
+        "format": FORMAT,
+        "has_base": base_model is not None,
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+        "tasks": entries,
+        "summary": summarize_verdicts(entries),
+    }
+
+
+def flatten_scorecard(card: dict) -> dict[str, float]:
+    """``{"eval/<task>/<metric>": model value}`` for every metric: a metrics.jsonl line during training."""
+    return {f"eval/{t['name']}/{m}": v["model"] for t in card["tasks"] for m, v in t["metrics"].items()}
+
+
+def _finite_or_none(x):
+    """JSON has no NaN / inf: such values become null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_or_none(v) for v in x]
+    return x
+
+
+def write_scorecard(card: dict, path: str | Path) -> Path:
+    """Write the card as indented JSON (strict: no NaN) to ``path``; returns the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(_finite_or_none(card), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return p
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def format_delta(m: dict) -> str:
+    """``+0.0321 [+0.012, +0.051]``; just the delta without an interval; ``-`` without a base."""
+    if m.get("delta") is None:
+        return "-"
+    ci = m.get("ci95")
+    if not ci or ci[0] is None or (isinstance(ci[0], float) and math.isnan(ci[0])):
+        return f"{m['delta']:+.4g}"
+    return f"{m['delta']:+.4g} [{ci[0]:+.3g}, {ci[1]:+.3g}]"
+
+
+def format_scorecard(card: dict):
+    """A rich Table, one row per metric: task, role, metric, n, base, model, delta [95% CI], p, verdict."""
+    from rich.table import Table
+
+    table = Table(title="sftlab scorecard" + (": model vs base" if card.get("has_base") else ""))
+    for col in ("task", "role", "metric", "n", "base", "model", "delta [95% CI]", "p", "verdict"):
+        table.add_column(col, justify="right" if col in ("n", "base", "model", "p") else "left")
+    styles = {"better": "green", "worse": "red"}
+    for t in card["tasks"]:
+        for name, m in t["metrics"].items():
+            verdict = m.get("verdict") or "-"
+            style = styles.get(verdict)
+            table.add_row(
+                t["name"],
+                t["role"],
+                name,
+                str(m.get("n", "")),
+                _fmt(m.get("base")),
+                _fmt(m.get("model")),
+                format_delta(m),
+                _fmt(m.get("p_value")),
+                f"[{style}]{verdict}[/]" if style else verdict,
+            )
+    return table

@@ -1,0 +1,180 @@
+"""``sftlab data inspect PATH``: see records as the model will, trained spans highlighted, plus token stats.
+
+Human output: the first ``--show`` examples with trained tokens in colour (terminal) or in ``[[...]]``
+(otherwise), then the data summary. ``--json``: one JSON object per kept record on stdout
+(``input_ids``, ``labels`` with -100 where no loss, ``text`` = the decoded ``input_ids``, ``source``,
+``origin``, ``length``, ``num_trained``) and nothing else; the summary goes to stderr. This interface is
+stable: other tools check masks through it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sftlab.config import DataConfig, SourceConfig
+from sftlab.data.errors import DataError
+from sftlab.data.formats import FORMATS
+from sftlab.data.masks import MASK_POLICIES
+from sftlab.data.render import IGNORE_INDEX, TRUNCATIONS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="data file, folder, saved dataset, or hub dataset id")
+    parser.add_argument(
+        "--format", default="auto", choices=("auto",) + FORMATS, help="record format (default: detect)"
+    )
+    parser.add_argument("--tokenizer", help="tokenizer or model folder (required)")
+    parser.add_argument(
+        "--template", help="chatml | llama-3 | mistral | plain | FILE.jinja (default: the tokenizer's)"
+    )
+    parser.add_argument("--mask", default="auto", choices=MASK_POLICIES, help="loss mask policy")
+    parser.add_argument("--limit", type=int, help="use only the first N records")
+    parser.add_argument(
+        "--json", action="store_true", help="one JSON object per record on stdout, summary on stderr"
+    )
+    parser.add_argument("--max-seq-len", type=int, default=DataConfig.max_seq_len, help="tokens per sequence")
+    parser.add_argument("--truncation", default="truncate_right", choices=TRUNCATIONS)
+    parser.add_argument(
+        "--on-error",
+        default="skip",
+        choices=("skip", "raise"),
+        help="bad records: skip and count (default here), or stop at the first",
+    )
+    parser.add_argument("--show", type=int, default=3, help="examples printed in human output (default 3)")
+    parser.add_argument(
+        "--prompt-template", help='classification / extraction, e.g. "Review: {sentence}\\nSentiment:"'
+    )
+    parser.add_argument("--completion-template", help='e.g. " {label}" (default)')
+    parser.add_argument(
+        "--label-map", help='raw label -> text: \'{"0": "negative"}\' or 0=negative,1=positive'
+    )
+    parser.add_argument("--columns", help="canonical field -> column: prompt=question,completion=answer")
+    parser.add_argument("--system", help="system prompt added to every conversation")
+    parser.add_argument("--split", default="train", help="split of a saved / hub dataset")
+    parser.add_argument("--subset", help="hub dataset config name")
+    parser.add_argument(
+        "--no-color", action="store_true", help="brackets instead of colour even in a terminal"
+    )
+
+
+def parse_mapping(text: str | None, what: str) -> dict[str, str]:
+    """``'{"0": "neg"}'`` or ``"0=neg,1=pos"`` -> ``{"0": "neg", "1": "pos"}``."""
+    if not text:
+        return {}
+    if text.lstrip().startswith("{"):
+        try:
+            return {str(k): str(v) for k, v in json.loads(text).items()}
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise DataError(
+                f"{what} is not a JSON object: {e}", field=what, fix='write {"key": "value"}'
+            ) from None
+    pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise DataError(
+            f"{what} {text!r} is not KEY=VALUE,...", field=what, fix="write 0=negative,1=positive"
+        )
+    return {k.strip(): v for k, v in pairs}
+
+
+def build_config(args) -> DataConfig:
+    source = SourceConfig(
+        path=args.path,
+        format=args.format,
+        split=args.split,
+        subset=args.subset,
+        limit=args.limit,
+        columns=parse_mapping(args.columns, "--columns"),
+        prompt_template=args.prompt_template,
+        completion_template=args.completion_template,
+        label_map=parse_mapping(args.label_map, "--label-map"),
+        system=args.system,
+    )
+    return DataConfig(
+        sources=(source,),
+        template=args.template,
+        mask=args.mask,
+        max_seq_len=args.max_seq_len,
+        truncation=args.truncation,
+        on_error=args.on_error,
+        cache_dir=None,
+        num_proc=1,
+    )
+
+
+def segments(tokenizer, ids: list[int], labels: list[int]) -> list[tuple[bool, str]]:
+    """(trained, text) runs of a record; text by decoding prefixes, so spacing matches the whole decode."""
+    runs, start = [], 0
+    for k in range(1, len(ids) + 1):
+        if k == len(ids) or (labels[k] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
+            runs.append((start, k))
+            start = k
+    decoded = [""] + [decode(tokenizer, ids[:end]) for _, end in runs]
+    return [(labels[s] != IGNORE_INDEX, decoded[i + 1][len(decoded[i]) :]) for i, (s, _) in enumerate(runs)]
+
+
+def decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def run(args) -> int:
+    """Print examples and the summary; 0 when at least one record is kept, 1 otherwise."""
+    if not args.tokenizer:
+        raise DataError(
+            "no tokenizer given",
+            field="--tokenizer",
+            fix="pass --tokenizer DIR (a model or tokenizer folder)",
+        )
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    from sftlab.data.pipeline import build_dataset
+
+    dataset, report = build_dataset(build_config(args), tokenizer, progress=False, allow_empty=True)
+    if args.json:
+        for row in dataset:
+            record = {
+                "input_ids": row["input_ids"],
+                "labels": row["labels"],
+                "text": decode(tokenizer, row["input_ids"]),
+                "source": row["source"],
+                "origin": row["origin"],
+                "length": row["length"],
+                "num_trained": row["num_trained"],
+            }
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        print(report.format(), file=sys.stderr)
+        return 0 if report.records_kept else 1
+    color = sys.stdout.isatty() and not args.no_color
+    shown = dataset.select(range(min(args.show, len(dataset))))
+    if color:
+        _print_color(tokenizer, shown, report)
+    else:
+        for row in shown:
+            print(f"--- {row['origin']} ({row['length']} tokens, {row['num_trained']} trained)")
+            print(
+                "".join(
+                    f"[[{t}]]" if trained else t
+                    for trained, t in segments(tokenizer, row["input_ids"], row["labels"])
+                )
+            )
+        print("--- summary")
+        print(report.format())
+    return 0 if report.records_kept else 1
+
+
+def _print_color(tokenizer, rows, report) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(highlight=False)
+    for row in rows:
+        console.rule(f"{row['origin']} · {row['length']} tokens, {row['num_trained']} trained", style="dim")
+        text = Text()
+        for trained, piece in segments(tokenizer, row["input_ids"], row["labels"]):
+            text.append(piece, style="bold green" if trained else "dim")
+        console.print(text)
+    console.rule("summary", style="dim")
+    console.print(report.summary_table())
+    console.print(report.format())

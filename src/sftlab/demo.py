@@ -94,7 +94,6 @@ def build_tiny_base(root: Path, cache: Path, rebuild: bool = False, quick: bool 
 
 def run_demo(out_dir: str = "runs/demo", rebuild_base: bool = False, quick: bool = False) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from sftlab.train.run import run_training
 
@@ -115,27 +114,8 @@ def run_demo(out_dir: str = "runs/demo", rebuild_base: bool = False, quick: bool
     cfg = load_config(root / "examples" / "sst2.yaml", overrides)
     console.print(f"fine-tuning the tiny base on SST-2 ({'quick' if quick else 'full'} demo) ...")
     summary = run_training(cfg)
-    card = json.loads((out / "scorecard.json").read_text())
-    table = Table(title="sftlab demo: tiny base vs fine-tuned on SST-2")
-    for col in ("metric", "side", "base", "fine-tuned", "change [95% CI]", "verdict"):
-        table.add_column(col)
-    for row in card_rows(card):
-        table.add_row(*row)
-    console.print(table)
     console.print(
         f"run directory: {out}  (final model: {summary['final_dir']}, scorecard: {out / 'scorecard.json'})\n"
         f"demo finished in {time.perf_counter() - t0:.0f} s"
     )
     return 0
-
-
-def card_rows(card: dict) -> list[tuple[str, ...]]:
-    """Table rows (metric, side, base, tuned, delta [CI], verdict) of the headline metrics of a scorecard."""
-    rows = []
-    for task in card["tasks"]:
-        for metric in task["headline"]:
-            m = task["metrics"][metric]
-            lo, hi = m["ci95"]
-            rows.append((f"{task['name']} {metric}", task["role"], f"{m['base']:.4g}", f"{m['model']:.4g}",
-                         f"{m['delta']:+.4g} [{lo:+.3g}, {hi:+.3g}]", m["verdict"]))
-    return rows

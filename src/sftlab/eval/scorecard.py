@@ -221,14 +221,37 @@ def format_delta(m: dict) -> str:
     return f"{m['delta']:+.4g} [{ci[0]:+.3g}, {ci[1]:+.3g}]"
 
 
-def format_scorecard(card: dict):
-    """A rich Table, one row per metric: task, role, metric, n, base, model, delta [95% CI], p, verdict."""
+def headline_rows(card: dict) -> list[tuple[str, ...]]:
+    """(task metric, side, base, model, delta [CI], verdict) for each task's headline metrics."""
+    rows = []
+    for t in card["tasks"]:
+        for name in t["headline"]:
+            m = t["metrics"][name]
+            rows.append((f"{t['name']} {name}", t["role"], _fmt(m.get("base")), _fmt(m.get("model")),
+                         format_delta(m), m.get("verdict") or "-"))
+    return rows
+
+
+def format_scorecard(card: dict, headline_only: bool = False):
+    """A rich Table, one row per metric: task, role, metric, n, base, model, delta [95% CI], p, verdict.
+
+    ``headline_only``: one row per task headline metric, fewer columns (fits an 80-column terminal).
+    """
     from rich.table import Table
 
-    table = Table(title="sftlab scorecard" + (": model vs base" if card.get("has_base") else ""))
+    styles = {"better": "green", "worse": "red"}
+    title = "sftlab scorecard" + (": model vs base" if card.get("has_base") else "")
+    if headline_only:
+        table = Table(title=title)
+        for col in ("metric", "side", "base", "model", "change [95% CI]", "verdict"):
+            table.add_column(col, justify="right" if col in ("base", "model") else "left")
+        for row in headline_rows(card):
+            style = styles.get(row[-1])
+            table.add_row(*row[:-1], f"[{style}]{row[-1]}[/]" if style else row[-1])
+        return table
+    table = Table(title=title)
     for col in ("task", "role", "metric", "n", "base", "model", "delta [95% CI]", "p", "verdict"):
         table.add_column(col, justify="right" if col in ("n", "base", "model", "p") else "left")
-    styles = {"better": "green", "worse": "red"}
     for t in card["tasks"]:
         for name, m in t["metrics"].items():
             verdict = m.get("verdict") or "-"

@@ -65,7 +65,7 @@ def model_card(model_dir: Path, run_dir: Path | None) -> str:
     ]
     card = run_dir / "scorecard.json"
     if card.is_file():
-        from sftlab.demo import card_rows
+        from sftlab.eval.scorecard import headline_rows
 
         lines += [
             "## Evaluation (vs the base model)",
@@ -73,7 +73,7 @@ def model_card(model_dir: Path, run_dir: Path | None) -> str:
             "| metric | side | base | tuned | change [95% CI] | verdict |",
             "|---|---|---|---|---|---|",
         ]
-        lines += ["| " + " | ".join(row) + " |" for row in card_rows(json.loads(card.read_text()))]
+        lines += ["| " + " | ".join(row) + " |" for row in headline_rows(json.loads(card.read_text()))]
         lines.append("")
     lines += ["## Config", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)

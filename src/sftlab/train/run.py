@@ -84,8 +84,9 @@ def save_final(model, tokenizer, path: Path) -> Path:
 def run_training(cfg: Config, progress: bool | None = None) -> dict:
     """Train from a config and return the summary (also written to ``OUTPUT/summary.json``)."""
     from rich.console import Console
-    from sftlab.data.render import resolve_chat_template
 
+    from sftlab.data.errors import TemplateError
+    from sftlab.data.render import resolve_chat_template
     from sftlab.model.adapters import apply_lora
     from sftlab.model.load import count_parameters, load_model, load_tokenizer
     from sftlab.model.select import apply_selection, format_trainable_table, is_active, trainable_table
@@ -97,7 +98,13 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
     accelerator = build_accelerator(cfg.train.precision)
     tokenizer = load_tokenizer(cfg.model)
     # The template used for training is the one saved with the model: inference renders what training saw.
-    tokenizer.chat_template = resolve_chat_template(cfg.data.template, tokenizer)
+    try:
+        tokenizer.chat_template = resolve_chat_template(cfg.data.template, tokenizer)
+    except TemplateError:
+        if not cfg.data.sources or any(src.format != "text" for src in cfg.data.sources):
+            raise
+        # plain-text language modelling renders text + eos and needs no chat template
+
     train_ds, eval_ds, report = load_datasets(cfg, tokenizer, out, progress=progress)
     model = load_model(cfg.model, tokenizer, seed=cfg.train.seed)
     if cfg.lora.enabled and is_active(cfg.select):
@@ -150,8 +157,8 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
 def write_run_scorecard(cfg: Config, model, tokenizer, out: Path, progress: bool) -> str:
     """Score the trained model (and the base, unless trained from scratch) on ``eval.tasks``."""
     from rich.console import Console
-    from sftlab.eval.scorecard import evaluate_model, format_scorecard, write_scorecard
 
+    from sftlab.eval.scorecard import evaluate_model, format_scorecard, write_scorecard
     from sftlab.model.load import load_model, load_tokenizer
 
     base = base_tok = None
@@ -172,5 +179,5 @@ def write_run_scorecard(cfg: Config, model, tokenizer, out: Path, progress: bool
     path = out / "scorecard.json"
     write_scorecard(card, path)
     if progress:
-        Console().print(format_scorecard(card))
+        Console().print(format_scorecard(card, headline_only=True))
     return str(path)

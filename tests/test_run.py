@@ -115,3 +115,23 @@ def test_small_examples_run_a_few_steps(tmp_path, name, tiny_tokenizer, request)
     if name == "sst2":
         card = json.loads(Path(summary["scorecard"]).read_text())
         assert [t["name"] for t in card["tasks"]] == ["sst2_dev", "wikitext2_test"]
+
+
+def test_in_training_task_evals_go_to_metrics(tmp_path, tiny_tokenizer_dir):
+    rows = [{"sentence": f"a {'good' if i % 2 else 'bad'} film number {i}", "label": i % 2} for i in range(16)]
+    data = tmp_path / "sst.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(None, [
+        f"model.tokenizer={tiny_tokenizer_dir}", f"model.from_scratch={SCRATCH}", f"data.sources.0.path={data}",
+        "data.sources.0.format=classification", "data.sources.0.prompt_template='Review: {sentence}\\nSentiment:'",
+        "data.sources.0.label_map={'0': negative, '1': positive}", "data.template=plain", "train.max_steps=4",
+        "train.micro_batch_size=4", "train.progress=false", f"output.dir={tmp_path / 'run'}", "data.cache_dir=null",
+        "eval.every_steps=2", "eval.tasks.0.name=sst", f"eval.tasks.0.path={data}",
+        "eval.tasks.0.prompt_template=Review: {sentence}\\nSentiment:",
+        "eval.tasks.0.label_map={'0': ' negative', '1': ' positive'}", "eval.compare_base=false",
+    ])
+    run_training(cfg)
+    lines = {r["step"]: r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())}
+    assert 0.0 <= lines[2]["eval/sst/accuracy"] <= 1.0
+    card = json.loads((tmp_path / "run" / "scorecard.json").read_text())
+    assert card["tasks"][0]["metrics"]["accuracy"]["model"] is not None

@@ -306,15 +306,16 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
-    """Apply ``a.b=c`` overrides; values are parsed as YAML scalars (``1e-4``, ``true``, ``[1, 2]``)."""
+    """Apply ``a.b=c`` overrides; values are parsed as YAML (``1e-4``, ``true``, ``[1, 2]``), and text that
+    is not valid YAML is taken as a plain string."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=1e-4")
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: cannot parse value {raw!r}: {e}") from None
+        except yaml.YAMLError:
+            value = raw  # not YAML (e.g. "Review: {x}"): take the text as it is
         _set_path(data, key.strip(), value)
     return data
 

@@ -248,6 +248,20 @@ class GracefulStop:
         return False
 
 
+def evaluate_tasks_now(lm, tokenizer, cfg: Config, accelerator) -> dict[str, float]:
+    """In-training task scores (model only, main process) as ``{"eval/<task>/<metric>": value}``."""
+    if not accelerator.is_main_process:
+        return {}
+    from sftlab.eval.scorecard import evaluate_model, flatten_scorecard
+
+    was_training = lm.training
+    lm.eval()
+    card = evaluate_model(lm, tokenizer, cfg.eval.tasks, batch_size=cfg.eval.batch_size, bootstrap_samples=0,
+                          progress=False)
+    lm.train(was_training)
+    return flatten_scorecard(card)
+
+
 def all_finite(loss: torch.Tensor, accelerator) -> bool:
     """Whether the loss is finite on every process (they must agree before a collective backward)."""
     ok = torch.isfinite(loss.detach()).float()
@@ -414,7 +428,10 @@ def train(
             if eval_dataset is not None and (is_last or (t.eval_every_steps and (step + 1) % t.eval_every_steps == 0)):
                 eval_loss = evaluate_loss(model, eval_dataset, cfg, pad_id, accelerator)
                 result.eval_loss = eval_loss
-            if metrics and ((step + 1) % t.log_every_steps == 0 or is_last or eval_loss is not None):
+            task_scores = {}
+            if cfg.eval.tasks and cfg.eval.every_steps and (step + 1) % cfg.eval.every_steps == 0 and not is_last:
+                task_scores = evaluate_tasks_now(lm, tokenizer, cfg, accelerator)  # the final card comes after
+            if metrics and ((step + 1) % t.log_every_steps == 0 or is_last or eval_loss is not None or task_scores):
                 now = time.perf_counter()
                 record = {
                     "step": step + 1,
@@ -429,6 +446,7 @@ def train(
                 }
                 if eval_loss is not None:
                     record["eval_loss"] = eval_loss
+                record.update(task_scores)
                 metrics.write(record)
                 last_log_time, tokens_since_log = now, 0
             bar.update(

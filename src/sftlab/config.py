@@ -127,7 +127,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class TaskConfig:
     name: str = ""  # shown in tables and scorecard.json
-    kind: Literal["classification", "generation", "perplexity"] = "classification"
+    kind: Literal["classification", "generation", "perplexity", "lm_eval"] = "classification"
     role: Literal["specialty", "versatility"] = "specialty"  # which side of the scorecard it counts for
     path: str = ""  # data file (jsonl / json / csv / tsv / parquet / txt for perplexity)
     prompt_template: str | None = None  # "Review: {sentence}\nSentiment:" (fields of the record in braces)
@@ -141,6 +141,8 @@ class TaskConfig:
     max_tokens: int = 100_000  # perplexity: tokens of text scored
     seq_len: int = 256  # perplexity: window length
     kl_to_base: bool = True  # perplexity: also KL(base || model) on the same text when a base is given
+    harness_tasks: tuple[str, ...] = ()  # lm_eval: lm-evaluation-harness task names, e.g. [hellaswag, arc_easy]
+    num_fewshot: int | None = None  # lm_eval: few-shot examples (harness default when unset)
 
 
 @dataclass(frozen=True)

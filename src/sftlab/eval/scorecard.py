@@ -30,12 +30,14 @@ from sftlab.eval.entries import (
     build_generation_metrics,
     build_perplexity_metrics,
 )
+from sftlab.eval.harness import evaluate_harness_task
 from sftlab.eval.items import hash_file
 from sftlab.eval.perplexity import tokenize_text
 from sftlab.eval.tasks import load_task_items, score_task
 
 FORMAT = "sftlab.scorecard/1"
-HEADLINE = {"classification": ["accuracy"], "generation": None, "perplexity": ["perplexity", "kl_to_base"]}
+HEADLINE = {"classification": ["accuracy"], "generation": None, "perplexity": ["perplexity", "kl_to_base"],
+            "lm_eval": None}
 GEN_METRICS = {"squad": ["exact_match", "f1"], "rouge_l": ["rouge_l"], "exact": ["exact_match"]}
 VERDICTS = ("better", "worse", "no significant change")
 
@@ -89,6 +91,14 @@ def evaluate_task(
 ) -> dict:
     """The scorecard entry of one task (see the module doc)."""
     t0 = time.perf_counter()
+    if task.kind == "lm_eval":
+        metrics, extras = evaluate_harness_task(model, tokenizer, task, base_model=base_model,
+                                                base_tokenizer=base_tokenizer, batch_size=batch_size,
+                                                bootstrap_samples=bootstrap_samples)
+        _log(progress, f"{task.name} (lm_eval): {extras.get('skipped') or f'{len(metrics)} metrics'}")
+        return {"name": task.name, "kind": task.kind, "role": task.role, "path": task.path, "data_sha256": None,
+                "limit": task.limit, "n_items": None, "headline": list(metrics), "metrics": metrics,
+                "extras": extras, "elapsed_s": round(time.perf_counter() - t0, 3)}
     items = load_task_items(task)
     base_res, paired, extras = None, True, {}
     if task.kind == "perplexity" and base_model is not None:

@@ -37,6 +37,7 @@ class RunResult:
     eval_loss: float | None = None
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
     resumed_from: str | None = None
+    startup_s: float = 0.0  # from entering train() to the first step (includes loading a checkpoint)
     packing_fill: float = 1.0  # share of packed row capacity used by real tokens
     tokens: int = 0  # real (non-padding) tokens processed
     trained_tokens: int = 0  # tokens with a loss
@@ -292,6 +293,7 @@ def train(
     """Train ``model`` on an encoded dataset (columns ``input_ids``, ``labels``, ``length``)."""
     from accelerate.utils import set_seed
 
+    entered = time.perf_counter()
     t = cfg.train
     out = Path(output_dir or cfg.output.dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -337,6 +339,7 @@ def train(
     metrics = MetricsWriter(out / "metrics.jsonl") if accelerator.is_main_process else None
     windows = iter_windows(plan, cfg, start_step)
     start = last_log_time = last_save_time = time.perf_counter()
+    result.startup_s = start - entered  # plan, optimizer, resume: the wait before the first step
     tokens_since_log = 0
 
     def checkpoint(step: int) -> None:

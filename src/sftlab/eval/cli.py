@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from sftlab.config import load_config
-    from sftlab.eval.scorecard import evaluate_model, format_scorecard, write_scorecard
+    from sftlab.eval.scorecard import evaluate_for_config, format_scorecard, write_scorecard
 
     cfg = load_config(args.config, args.set or [])
     if not cfg.eval.tasks:
@@ -52,16 +52,7 @@ def run(args: argparse.Namespace) -> int:
     base = base_tok = None
     if args.base:
         base, base_tok = load_model_and_tokenizer(args.base, cfg.model.dtype, cfg.model.attn_implementation)
-    card = evaluate_model(
-        model,
-        tokenizer,
-        cfg.eval.tasks,
-        base_model=base,
-        base_tokenizer=base_tok,
-        batch_size=cfg.eval.batch_size,
-        bootstrap_samples=cfg.eval.bootstrap_samples,
-        progress=True,
-    )
+    card = evaluate_for_config(cfg.eval, model, tokenizer, base_model=base, base_tokenizer=base_tok)
     card["model"], card["base"] = args.model, args.base
     path = write_scorecard(card, args.out)
     console = Console()

@@ -193,6 +193,14 @@ def evaluate_model(
     }
 
 
+def evaluate_for_config(eval_cfg, model, tokenizer, *, base_model=None, base_tokenizer=None,
+                        progress: bool = True) -> dict:
+    """``evaluate_model`` on an ``EvalConfig``'s tasks, batch size and bootstrap samples."""
+    return evaluate_model(model, tokenizer, eval_cfg.tasks, base_model=base_model, base_tokenizer=base_tokenizer,
+                          batch_size=eval_cfg.batch_size, bootstrap_samples=eval_cfg.bootstrap_samples,
+                          progress=progress)
+
+
 def flatten_scorecard(card: dict) -> dict[str, float]:
     """``{"eval/<task>/<metric>": model value}`` for every metric: a metrics.jsonl line during training."""
     return {f"eval/{t['name']}/{m}": v["model"] for t in card["tasks"] for m, v in t["metrics"].items()}

@@ -158,7 +158,7 @@ def write_run_scorecard(cfg: Config, model, tokenizer, out: Path, progress: bool
     """Score the trained model (and the base, unless trained from scratch) on ``eval.tasks``."""
     from rich.console import Console
 
-    from sftlab.eval.scorecard import evaluate_model, format_scorecard, write_scorecard
+    from sftlab.eval.scorecard import evaluate_for_config, format_scorecard, write_scorecard
     from sftlab.model.load import load_model, load_tokenizer
 
     base = base_tok = None
@@ -166,16 +166,8 @@ def write_run_scorecard(cfg: Config, model, tokenizer, out: Path, progress: bool
         base_tok = load_tokenizer(cfg.model)
         base = load_model(cfg.model, base_tok)
     model.eval()
-    card = evaluate_model(
-        model,
-        tokenizer,
-        cfg.eval.tasks,
-        base_model=base,
-        base_tokenizer=base_tok,
-        batch_size=cfg.eval.batch_size,
-        bootstrap_samples=cfg.eval.bootstrap_samples,
-        progress=progress,
-    )
+    card = evaluate_for_config(cfg.eval, model, tokenizer, base_model=base, base_tokenizer=base_tok,
+                               progress=progress)
     path = out / "scorecard.json"
     write_scorecard(card, path)
     if progress:

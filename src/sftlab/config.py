@@ -83,6 +83,7 @@ class LoraConfig:
     use_dora: bool = False  # weight-decomposed LoRA
     modules_to_save: tuple[str, ...] = ()  # also train these fully, e.g. [embed_tokens, lm_head]
     merge_on_save: bool = False  # also write OUTPUT/merged/ (adapter merged into the base)
+    load_in_4bit: bool = False  # QLoRA: 4-bit NF4 base through bitsandbytes (CUDA GPU only)
 
 
 @dataclass(frozen=True)

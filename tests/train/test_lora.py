@@ -62,3 +62,18 @@ def test_dora_rslora_train_and_export(tmp_path, tiny_tokenizer):
     model, _, final = trained_lora(tmp_path, tiny_tokenizer, use_dora=True, use_rslora=True)
     out = export_model(final, tmp_path / "export")
     assert (out / "README.md").is_file() and (out / "model.safetensors").is_file()
+
+
+def test_qlora_on_cpu_is_a_clear_error(tmp_path, capsys):
+    import pytest
+
+    from sftlab.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: QLoRA may run here")
+    cfg = tmp_path / "q.yaml"
+    cfg.write_text("model: {name_or_path: org/model}\nlora: {enabled: true, load_in_4bit: true}\n"
+                   f"data: {{sources: [{{path: x.jsonl}}]}}\noutput: {{dir: {tmp_path / 'out'}}}\n")
+    code = main(["train", str(cfg)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "needs a CUDA GPU" in err[0], err

@@ -60,9 +60,34 @@ def load_tokenizer(cfg: ModelConfig):
     return tok
 
 
-def load_model(cfg: ModelConfig, tokenizer, seed: int = 0):
-    """An ``AutoModelForCausalLM`` from safetensors, or a random Llama when ``from_scratch`` is set."""
+def quantization_config_4bit():
+    """QLoRA's base: NF4 weights, double quantisation, bf16 compute (Dettmers et al. 2023).
+
+    Raises a ``ConfigError`` saying why when there is no CUDA GPU or no bitsandbytes.
+    """
+    if not torch.cuda.is_available():
+        raise ConfigError("lora.load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes 4-bit kernels do not run on "
+                          "CPU. Set lora.load_in_4bit: false to train LoRA on a full-precision base here")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError("lora.load_in_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_model(cfg: ModelConfig, tokenizer, seed: int = 0, load_in_4bit: bool = False):
+    """An ``AutoModelForCausalLM`` from safetensors, or a random Llama when ``from_scratch`` is set.
+
+    ``load_in_4bit``: a 4-bit quantised base for QLoRA (CUDA only; prepared for k-bit training by peft).
+    """
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    quantization = quantization_config_4bit() if load_in_4bit else None
+    if quantization is not None and cfg.from_scratch is not None:
+        raise ConfigError("lora.load_in_4bit needs a pretrained base (model.name_or_path), not model.from_scratch")
 
     if cfg.from_scratch is not None:
         kwargs = dict(cfg.from_scratch)
@@ -90,11 +115,16 @@ def load_model(cfg: ModelConfig, tokenizer, seed: int = 0):
             attn_implementation=cfg.attn_implementation,
             trust_remote_code=cfg.trust_remote_code,
             use_safetensors=True,
+            quantization_config=quantization,
         )
     except ImportError as e:
         raise ConfigError(f"model.attn_implementation={cfg.attn_implementation!r} is not available: {e}") from None
     except (OSError, ValueError) as e:
         raise _load_error(cfg.name_or_path, e) from None
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model

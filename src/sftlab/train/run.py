@@ -88,12 +88,16 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
     from sftlab.data.errors import TemplateError
     from sftlab.data.render import resolve_chat_template
     from sftlab.model.adapters import apply_lora
-    from sftlab.model.load import count_parameters, load_model, load_tokenizer
+    from sftlab.model.load import count_parameters, load_model, load_tokenizer, quantization_config_4bit
     from sftlab.model.select import apply_selection, format_trainable_table, is_active, trainable_table
     from sftlab.train.loop import build_accelerator, train
 
     progress = cfg.train.progress if progress is None else progress
     t0 = time.perf_counter()
+    if cfg.lora.load_in_4bit:  # fail before any data work when QLoRA cannot run here
+        if not cfg.lora.enabled:
+            raise ConfigError("lora.load_in_4bit is QLoRA: set lora.enabled: true too")
+        quantization_config_4bit()
     out = prepare_output_dir(cfg)
     accelerator = build_accelerator(cfg.train.precision)
     tokenizer = load_tokenizer(cfg.model)
@@ -106,7 +110,7 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
         # plain-text language modelling renders text + eos and needs no chat template
 
     train_ds, eval_ds, report = load_datasets(cfg, tokenizer, out, progress=progress)
-    model = load_model(cfg.model, tokenizer, seed=cfg.train.seed)
+    model = load_model(cfg.model, tokenizer, seed=cfg.train.seed, load_in_4bit=cfg.lora.load_in_4bit)
     if cfg.lora.enabled and is_active(cfg.select):
         raise ConfigError("use either lora.enabled or a select preset/pattern, not both")
     if cfg.lora.enabled:

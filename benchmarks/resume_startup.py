@@ -59,6 +59,7 @@ def main() -> int:
                      build_tiny_llama(len(tok), seed=0), tok, ds, output_dir=out)
         assert res2.resumed_from and res2.resumed_from.endswith(f"step-{k:06d}"), res2.resumed_from
         resumed.append(res2.startup_s)
+        print(f"  run {r}: resumed at step {k}, startup {res2.startup_s:.2f} s")
     print(f"startup before the first step, median of {args.repeats}: fresh {statistics.median(fresh):.2f} s, "
           f"resumed at step {k} of {steps_per_epoch} (epoch 1) {statistics.median(resumed):.2f} s")
     return 0

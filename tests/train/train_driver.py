@@ -66,7 +66,12 @@ def main() -> int:
         return e.exit_code
     from accelerate import PartialState
 
-    if not PartialState().is_main_process:
+    state = PartialState()
+    if state.num_processes > 1:
+        # a clean shutdown: leaving gloo's threads to interpreter exit can abort ("terminate called ...")
+        state.wait_for_everyone()
+        state.destroy_process_group()
+    if not state.is_main_process:
         return 0
     save_file({n: p.detach().contiguous() for n, p in model.named_parameters()}, f"{out}/final.safetensors")
     print(f"skipped_steps={res.skipped_steps} resumed_from={res.resumed_from}")

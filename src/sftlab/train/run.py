@@ -155,6 +155,9 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
     }
     if accelerator.is_main_process:
         (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    if accelerator.num_processes > 1:
+        accelerator.wait_for_everyone()
+        accelerator.state.destroy_process_group()  # shut gloo / nccl down before interpreter exit
     return summary
 
 

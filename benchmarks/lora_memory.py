@@ -17,6 +17,7 @@ import sys
 CONFIGS = {
     "full": [],
     "lora_r16_all_linear": ["lora"],
+    "lora_r16_no_dropout": ["lora", "nodrop"],
     "select_ffn_middle_band": ["select.preset=ffn_middle_band"],
 }
 
@@ -39,7 +40,8 @@ def child(name: str, steps: int, hidden: int, layers: int) -> None:
     if torch.cuda.is_available():
         model = model.cuda()
     if "lora" in CONFIGS[name]:
-        model = apply_lora(model, LoraConfig(enabled=True, r=16, alpha=32))
+        dropout = 0.0 if "nodrop" in CONFIGS[name] else 0.05
+        model = apply_lora(model, LoraConfig(enabled=True, r=16, alpha=32, dropout=dropout))
     elif CONFIGS[name]:
         apply_selection(model, SelectConfig(preset=CONFIGS[name][0].split("=")[1]))
     rng = random.Random(0)

@@ -24,6 +24,7 @@ GLUE = REPO.parent / "shared" / "data" / "sentiment" / "sst2_glue" / "train.tsv"
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--micro-batch", type=int, default=1024, help="larger = fewer steps to reach the checkpoint")
     args = ap.parse_args()
     if not GLUE.is_file():
         print(f"skipped: {GLUE} not found")
@@ -38,14 +39,14 @@ def main() -> int:
     base = [f"data.sources.0.path={GLUE}", "data.sources.0.format=classification", "data.template=plain",
             "data.sources.0.prompt_template='Review: {sentence}\\nSentiment:'",
             "data.sources.0.label_map={'0': negative, '1': positive}", f"data.cache_dir={tmp / 'cache'}",
-            "train.progress=false", "train.micro_batch_size=256"]
+            "train.progress=false", f"train.micro_batch_size={args.micro_batch}"]
     t0 = time.perf_counter()
     ds, report = build_dataset(load_config(None, base).data, tok, progress=False)
     print(f"dataset: {len(ds):,} records, built in {time.perf_counter() - t0:.1f} s (from cache: {report.from_cache})")
     from sftlab.train.loop import train
 
     fresh, resumed = [], []
-    steps_per_epoch = -(-len(ds) // 256)
+    steps_per_epoch = -(-len(ds) // args.micro_batch)
     for r in range(args.repeats):
         out = tmp / f"run{r}"
         # a checkpoint near the end of epoch 1: the resume must jump there without replaying data

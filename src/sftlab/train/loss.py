@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from sftlab.train.attention import SEGMENT_ATTENTION, segments_from_position_ids
+from sftlab.train.attention import SEGMENT_ATTENTION, segment_index
 
 IGNORE = -100
 
@@ -45,7 +45,7 @@ class LossHead(torch.nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         inputs = {k: v for k, v in inputs.items() if v is not None}
         if position_ids is not None and lm.config._attn_implementation == SEGMENT_ATTENTION:
-            inputs["sftlab_segments"] = segments_from_position_ids(position_ids)
+            inputs["sftlab_segments"] = segment_index(position_ids)
         if drop_padding_mask:
             # Right padding only: real tokens never attend to later positions, so under causal attention the
             # padding mask changes nothing for them, and without it SDPA takes its fused causal kernel.

@@ -170,7 +170,7 @@ def run_sftlab(spec: dict) -> dict:
     from sftlab.data.pipeline import build_dataset
     from sftlab.train.loop import train
 
-    conf = spec["config"]
+    conf = spec["config"].split("@")[0]
     overrides = [
         "train.progress=false",
         "train.epochs=1",
@@ -225,7 +225,7 @@ def run_trl(spec: dict) -> dict:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    conf = spec["config"]
+    conf = spec["config"].split("@")[0]
     tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
     if spec["case"] == "short":
         rows = [
@@ -391,8 +391,12 @@ def main() -> None:
     p.add_argument("--json", help="write one object per case and dtype to this file")
     p.add_argument("--cases", default="short,long")
     p.add_argument("--dtypes", default=None, help="bf16,fp32 (default; bf16 with --quick)")
-    p.add_argument("--sftlab-configs", default=",".join(SFTLAB_CONFIGS))
-    p.add_argument("--trl-configs", default=",".join(TRL_CONFIGS))
+    p.add_argument(
+        "--sftlab-configs",
+        default=",".join(SFTLAB_CONFIGS),
+        help=f"of {', '.join(SFTLAB_CONFIGS)}; NAME@N: micro-batch N instead of --micro-batch",
+    )
+    p.add_argument("--trl-configs", default=",".join(TRL_CONFIGS), help=f"of {', '.join(TRL_CONFIGS)}; NAME@N too")
     p.add_argument("--short-rows", type=int, default=None, help="SST-2 rows (default 4000; 1000 quick)")
     p.add_argument("--long-rows", type=int, default=None, help="alpaca rows (default 300; 80 quick)")
     p.add_argument("--micro-batch", type=int, default=8)
@@ -451,7 +455,8 @@ def main() -> None:
                 for fw, conf in order if rep % 2 == 0 else list(reversed(order)):
                     spec = dict(
                         framework=fw, config=conf, case=case, dtype=dtype, rows=rows[case], lr=args.lr,
-                        micro_batch=args.micro_batch, max_len=args.max_len, tokenizer=str(tok_dir),
+                        micro_batch=int(conf.split("@")[1]) if "@" in conf else args.micro_batch,
+                        max_len=args.max_len, tokenizer=str(tok_dir),
                         model=str(model_dir), cache_dir=str(work / "sftlab-cache"), out_dir=str(work / "trl-out"),
                     )  # fmt: skip
                     for attempt in range(args.retries + 1):

@@ -1,8 +1,10 @@
 """Token-normalised causal-LM loss, computed only at labelled positions and in vocabulary chunks.
 
 The ``[tokens, vocab]`` logits tensor is never built whole: hidden states are gathered at positions that
-have a label, then projected and scored ``chunk_size`` rows at a time, each chunk under activation
-checkpointing so its logits are recomputed in backward instead of kept (peak memory ~ one chunk).
+have a label, then projected and scored ``chunk_size`` rows at a time (fewer for large vocabularies:
+``CHUNK_ELEMENTS``), each chunk under activation checkpointing so its logits are recomputed in backward instead
+of kept (peak memory ~ one chunk); when the logits of the whole micro-batch are small (``KEEP_LOGITS_MAX``) they
+are kept instead, as recomputing them costs time.
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from torch.utils.checkpoint import checkpoint
 from sftlab.train.attention import SEGMENT_ATTENTION, segment_index
 
 IGNORE = -100
+# Logits elements (labelled tokens x vocab) of one chunk at most: 2**24 = 64 MB in float32, 2,048 rows at vocab
+# 8,192 but 333 at 50,257 (half the peak memory of 2,048 rows there, measured: 0.8 vs 1.6 GB at 8 x 512 tokens).
+CHUNK_ELEMENTS = 2**24
+# Up to this many logits elements for the whole micro-batch, the chunks' logits are kept for backward instead of
+# recomputed (a head matmul saved; measured on CPU: ~3% faster steps at 8 x 512 tokens, vocab 8,192).
+KEEP_LOGITS_MAX = 2**24
 
 
 def _chunk_ce_sum(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -61,9 +69,13 @@ class LossHead(torch.nn.Module):
         h = hidden[mask]  # [N, H]
         y = shift_labels[mask]  # [N]
         total = hidden.new_zeros((), dtype=torch.float32)
-        for s in range(0, h.shape[0], self.chunk_size):
-            hs, ys = h[s : s + self.chunk_size], y[s : s + self.chunk_size]
-            if torch.is_grad_enabled() and hs.requires_grad:
+        vocab = getattr(lm.config, "vocab_size", None)
+        rows = min(self.chunk_size, max(64, CHUNK_ELEMENTS // vocab)) if vocab else self.chunk_size
+        # small logits (all chunks together) are kept for backward: recomputing them costs a head matmul
+        recompute = not vocab or h.shape[0] * vocab > KEEP_LOGITS_MAX
+        for s in range(0, h.shape[0], rows):
+            hs, ys = h[s : s + rows], y[s : s + rows]
+            if recompute and torch.is_grad_enabled() and hs.requires_grad:
                 total = total + checkpoint(_chunk_ce_sum, head, hs, ys, use_reentrant=False)
             else:
                 total = total + _chunk_ce_sum(head, hs, ys)

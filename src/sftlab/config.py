@@ -50,7 +50,8 @@ class DataConfig:
     template: str | None = None  # None: tokenizer's own; chatml | llama-3 | mistral | plain | file.jinja
     mask: str = "auto"  # auto | assistant | last_assistant | completion | all
     max_seq_len: int = 1024  # tokens per sequence after rendering
-    truncation: Literal["truncate_right", "truncate_left", "drop"] = "truncate_right"
+    # longer than max_seq_len: truncate_right | truncate_left | drop | split (into max_seq_len pieces, each trained)
+    truncation: Literal["truncate_right", "truncate_left", "drop", "split"] = "truncate_right"
     on_error: Literal["raise", "skip"] = "raise"  # bad record: stop with an error, or skip and count
     skipped_file: str | None = None  # where skipped records go (default: OUTPUT/skipped.jsonl)
     num_proc: int = 1  # tokenisation processes
@@ -123,6 +124,7 @@ class TrainConfig:
     max_skipped_steps: int = 10  # stop after this many updates skipped for non-finite loss / gradients
     segment_attention: bool = False  # packed + sdpa: causal attention per segment instead of a block mask
     causal_no_pad_mask: bool = True  # padded + causal: skip the padding mask (right padding cannot leak)
+    compile: bool = False  # torch.compile each decoder layer (dynamic shapes); pays a compile at start
 
 
 @dataclass(frozen=True)

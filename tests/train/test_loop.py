@@ -122,3 +122,34 @@ def test_packed_training_matches_unpacked_first_step(tmp_path):
     _, padded = run(tmp_path / "p", common)
     _, packed = run(tmp_path / "k", common + ["data.packing=true"])
     assert packed.losses[0] == pytest.approx(padded.losses[0], rel=1e-5)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_split_truncation_equals_training_on_the_pieces(tmp_path, packing):
+    """``truncation: split`` trains each max_seq_len piece of a long sequence as a sequence of its own: the first
+    step equals a run on a dataset holding those pieces (pieces with nothing to train left out)."""
+    from sftlab.train.loop import count_targets
+
+    data, width = make_dataset(), 16
+    rows = {"input_ids": [], "labels": [], "length": [], "source": []}
+    for ids, labels in zip(data["input_ids"], data["labels"]):
+        for s in range(0, len(ids), width):
+            if count_targets(labels[s : s + width]):
+                rows["input_ids"].append(ids[s : s + width])
+                rows["labels"].append(labels[s : s + width])
+                rows["length"].append(len(ids[s : s + width]))
+                rows["source"].append("synthetic")
+    assert max(data["length"]) > width and len(rows["length"]) > len(data)
+    common = ["train.max_steps=1", "train.max_grad_norm=0", "data.shuffle=false", "train.micro_batch_size=64"]
+    common += [f"data.packing={str(packing).lower()}"]
+    cfg = load_config(None, ["train.progress=false", *common, f"data.max_seq_len={width}", "data.truncation=split"])
+    ref_cfg = load_config(None, ["train.progress=false", *common, f"data.max_seq_len={width}"])
+
+    class Tok:
+        pad_token_id = 0
+
+    split = train(cfg, build_tiny_llama(VOCAB, seed=3), Tok(), data, output_dir=tmp_path / "s")
+    ref = train(ref_cfg, build_tiny_llama(VOCAB, seed=3), Tok(), Dataset.from_dict(rows), output_dir=tmp_path / "r")
+    assert split.split_sequences == sum(n > width for n in data["length"])
+    assert split.trained_tokens == ref.trained_tokens and split.tokens == ref.tokens
+    assert split.losses[0] == pytest.approx(ref.losses[0], rel=1e-5)

@@ -32,7 +32,7 @@ from sftlab.data.templates import (
 from sftlab.data.types import Conversation, Encoded
 
 IGNORE_INDEX = -100
-TRUNCATIONS = ("truncate_right", "truncate_left", "drop")
+TRUNCATIONS = ("truncate_right", "truncate_left", "drop", "split")
 
 __all__ = [
     "IGNORE_INDEX",
@@ -302,14 +302,14 @@ def truncate_tokens(
     """(ids, labels, truncated, dropped_reason) after applying ``max_seq_len``.
 
     ``truncate_right`` keeps the start, ``truncate_left`` the end (and a leading bos), ``drop`` drops the
-    record (reason ``too_long``). A trained span that is cut loses its labels unless ``cut_ok`` (language
-    modelling): a reply without its end-of-turn token would teach the model not to stop.
+    record (reason ``too_long``), ``split`` keeps it whole (training cuts it into pieces of ``max_seq_len``).
+    A trained span that is cut loses its labels unless ``cut_ok`` (language modelling): a reply without its end-of-turn token would teach the model not to stop.
 
     >>> truncate_tokens([1, 2, 3, 4], [-100, 2, 3, 4], [(1, 4)], 3, "truncate_right")
     ([1, 2, 3], [-100, -100, -100], True, None)
     """
     n = len(ids)
-    if max_seq_len is None or n <= max_seq_len:
+    if max_seq_len is None or n <= max_seq_len or truncation == "split":
         return ids, labels, False, None
     if truncation == "drop":
         return [], [], False, TOO_LONG

@@ -39,6 +39,8 @@ class RunResult:
     resumed_from: str | None = None
     startup_s: float = 0.0  # from entering train() to the first step (includes loading a checkpoint)
     packing_fill: float = 1.0  # share of packed row capacity used by real tokens
+    split_sequences: int = 0  # truncation "split": sequences cut into pieces
+    pieces_without_targets: int = 0  # truncation "split": pieces left out (nothing to train in them)
     tokens: int = 0  # real (non-padding) tokens processed
     trained_tokens: int = 0  # tokens with a loss
     elapsed_s: float = 0.0
@@ -52,12 +54,17 @@ class RunResult:
 class StepPlan:
     """What each optimizer step trains on: ``units`` are sequences, or packed bins of sequences."""
 
-    units: list[list[int]]  # unit -> dataset indices
+    units: list[list[int]]  # unit -> items (dataset indices, or indices into ``pieces``)
     unit_lengths: list[int]  # tokens per unit
     unit_targets: list[int]  # positions with a loss per unit
     window: int  # units per optimizer step
     micro: int  # units per micro-batch
     packed: bool
+    # truncation "split": item -> (dataset index, start, end) of a piece of <= max_seq_len tokens; None: an item
+    # is a whole dataset row
+    pieces: list[tuple[int, int, int]] | None = None
+    split_sequences: int = 0  # sequences longer than max_seq_len cut into pieces
+    pieces_without_targets: int = 0  # pieces left out because none of their positions has a loss
 
     def fill_rate(self, max_len: int) -> float:
         """Share of packed row capacity holding real tokens (1.0 when not packed)."""
@@ -69,9 +76,44 @@ def count_targets(labels) -> int:
     return sum(1 for x in labels[1:] if x != -100)
 
 
-def build_step_plan(lengths: list[int], targets: list[int], cfg: Config, world: int = 1) -> StepPlan:
-    """Units (sequences or packed bins) and the window size: ``micro x accum x processes`` units per step."""
+def split_pieces(lengths: list[int], labels: list, max_len: int) -> tuple[list[tuple[int, int, int]], int, int]:
+    """Cut sequences longer than ``max_len`` into consecutive pieces of at most ``max_len`` tokens.
+
+    Returns ``(pieces, split_sequences, pieces_without_targets)``; a piece is ``(index, start, end)``. Each
+    piece trains as a sequence of its own (positions restart, it does not attend to the piece before it); a
+    piece with no position left to train (e.g. a long prompt's head) is left out and counted.
+
+    >>> split_pieces([2, 5], [[1, 2], [-100, -100, -100, 4, 5]], max_len=2)
+    ([(0, 0, 2), (1, 2, 4)], 1, 2)
+    """
+    pieces, split, empty = [], 0, 0
+    for i, n in enumerate(lengths):
+        if n <= max_len:
+            pieces.append((i, 0, n))
+            continue
+        split += 1
+        for s in range(0, n, max_len):
+            e = min(s + max_len, n)
+            if count_targets(labels[i][s:e]):
+                pieces.append((i, s, e))
+            else:
+                empty += 1
+    return pieces, split, empty
+
+
+def build_step_plan(
+    lengths: list[int], targets: list[int], cfg: Config, world: int = 1, labels: list | None = None
+) -> StepPlan:
+    """Units (sequences or packed bins) and the window size: ``micro x accum x processes`` units per step.
+
+    With ``data.truncation: split`` (``labels`` needed), over-long sequences are first cut into pieces.
+    """
     t = cfg.train
+    pieces, split, empty = None, 0, 0
+    if cfg.data.truncation == "split" and any(n > cfg.data.max_seq_len for n in lengths):
+        pieces, split, empty = split_pieces(lengths, labels, cfg.data.max_seq_len)
+        lengths = [e - s for _, s, e in pieces]
+        targets = [count_targets(labels[i][s:e]) for i, s, e in pieces]
     units = pack_bfd(lengths, cfg.data.max_seq_len) if cfg.data.packing else [[i] for i in range(len(lengths))]
     return StepPlan(
         units=units,
@@ -80,7 +122,16 @@ def build_step_plan(lengths: list[int], targets: list[int], cfg: Config, world: 
         window=t.micro_batch_size * t.grad_accum * world,
         micro=t.micro_batch_size,
         packed=cfg.data.packing,
+        pieces=pieces,
+        split_sequences=split,
+        pieces_without_targets=empty,
     )
+
+
+def plan_indices(plan: StepPlan, units) -> list[int]:
+    """Dataset rows the given units read."""
+    items = [i for u in units for i in plan.units[u]]
+    return items if plan.pieces is None else [plan.pieces[i][0] for i in items]
 
 
 def shard_micro_batches(micro_batches: list[list[int]], rank: int, world: int) -> list[tuple[list[int], float]]:
@@ -131,9 +182,12 @@ def iter_windows(plan: StepPlan, cfg: Config, start_step: int = 0):
 
 
 def make_batch(dataset, plan: StepPlan, micro_units: list[int], pad_id: int) -> dict[str, torch.Tensor]:
-    indices = [i for u in micro_units for i in plan.units[u]]
-    rows = dataset[indices]
-    examples = iter({"input_ids": a, "labels": b} for a, b in zip(rows["input_ids"], rows["labels"]))
+    rows = dataset[plan_indices(plan, micro_units)]
+    examples = ({"input_ids": a, "labels": b} for a, b in zip(rows["input_ids"], rows["labels"]))
+    if plan.pieces is not None:
+        spans = [plan.pieces[i][1:] for u in micro_units for i in plan.units[u]]
+        examples = ({k: v[s:e] for k, v in x.items()} for x, (s, e) in zip(examples, spans))
+    examples = iter(examples)
     if plan.packed:
         return collate_packed([[next(examples) for _ in plan.units[u]] for u in micro_units], pad_id)
     return collate_padded(list(examples), pad_id)
@@ -161,16 +215,22 @@ def evaluate_loss(model, dataset, cfg: Config, pad_id: int, accelerator) -> floa
     if dataset is None or len(dataset) == 0:
         return None
     lengths = list(dataset["length"])
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    pieces = [(i, 0, n) for i, n in enumerate(lengths)]
+    if cfg.data.truncation == "split":
+        pieces = split_pieces(lengths, dataset["labels"], cfg.data.max_seq_len)[0]
+    order = sorted(range(len(pieces)), key=lambda i: -(pieces[i][2] - pieces[i][1]))
     bs = cfg.eval.micro_batch_size
     total, n = 0.0, 0
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for s in range(0, len(order), bs):
-            idx = order[s : s + bs]
-            rows = dataset[idx]
-            ex = [{"input_ids": a, "labels": b} for a, b in zip(rows["input_ids"], rows["labels"])]
+            spans = [pieces[i] for i in order[s : s + bs]]
+            rows = dataset[[i for i, _, _ in spans]]
+            ex = [
+                {"input_ids": a[b0:e], "labels": b[b0:e]}
+                for a, b, (_, b0, e) in zip(rows["input_ids"], rows["labels"], spans)
+            ]
             batch = {k: v.to(accelerator.device) for k, v in collate_padded(ex, pad_id).items()}
             with accelerator.autocast():
                 loss_sum, k = forward_loss_sum(model, batch)
@@ -281,6 +341,19 @@ def restore_metrics(path: Path, step: int) -> None:
     path.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
 
 
+def compile_layers(model) -> int:
+    """``torch.compile`` every decoder layer in place (regional compilation: one compiled graph reused by all
+    layers, shapes dynamic so varying batch lengths do not recompile; mask building stays eager)."""
+    layers = getattr(model.get_decoder(), "layers", None)
+    if layers is None:
+        raise ValueError(
+            f"train.compile: {type(model).__name__} has no decoder.layers to compile; set train.compile: false"
+        )
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
 def train(
     cfg: Config,
     model,
@@ -306,13 +379,17 @@ def train(
     if segment_attention:
         register_segment_attention()
         model.set_attn_implementation(SEGMENT_ATTENTION)
+    if t.compile:
+        compile_layers(model)
     model.train()
     optimizer = build_optimizer(model, t)
     lm = model
     model, optimizer = accelerator.prepare(LossHead(lm), optimizer)  # model: the LM + loss, maybe wrapped
     world, rank = accelerator.num_processes, accelerator.process_index
-    targets = [count_targets(x) for x in train_dataset["labels"]]
-    plan = build_step_plan(list(train_dataset["length"]), targets, cfg, world)
+    labels = train_dataset["labels"]
+    targets = [count_targets(x) for x in labels]
+    plan = build_step_plan(list(train_dataset["length"]), targets, cfg, world, labels=labels)
+    del labels
     per_epoch, total_steps = count_steps(plan, cfg)
     scheduler = build_scheduler(optimizer, total_steps, t)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -320,7 +397,13 @@ def train(
     faults = Faults()
     ckpt_root = out / "checkpoints"
 
-    result = RunResult(output_dir=str(out), steps=total_steps, packing_fill=plan.fill_rate(cfg.data.max_seq_len))
+    result = RunResult(
+        output_dir=str(out),
+        steps=total_steps,
+        packing_fill=plan.fill_rate(cfg.data.max_seq_len),
+        split_sequences=plan.split_sequences,
+        pieces_without_targets=plan.pieces_without_targets,
+    )
     start_step = 0
     if t.resume != "none":
         ckpt = find_latest_valid(ckpt_root) if t.resume == "auto" else Path(t.resume)
@@ -401,7 +484,7 @@ def train(
                 sources = sorted(
                     {
                         str(x)
-                        for x in train_dataset[[i for m in micro_batches for u in m for i in plan.units[u]]].get(
+                        for x in train_dataset[plan_indices(plan, [u for m in micro_batches for u in m])].get(
                             "source", []
                         )
                     }

@@ -150,6 +150,8 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
         "total_time_s": round(time.perf_counter() - t0, 2),
         "tokens_per_s": round(result.tokens / max(result.elapsed_s, 1e-9), 1),
         "packing_fill": round(result.packing_fill, 4),
+        "split_sequences": result.split_sequences,
+        "pieces_without_targets": result.pieces_without_targets,
         "data": report.to_dict() if hasattr(report, "to_dict") else None,
         "config": to_dict(cfg),
     }

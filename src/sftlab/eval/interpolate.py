@@ -1,0 +1,120 @@
+"""Weight interpolation between a base model and its fine-tune (WiSE-FT, Wortsman et al. 2022).
+
+``theta(alpha) = base + alpha * (tuned - base)``, parameter by parameter: alpha 0 is the base, 1 the fine-tune,
+0.5 is often a good trade between the fine-tune's specialty and the base's versatility. A LoRA fine-tune is
+merged into the base first, so its points are ``base + alpha * merged LoRA delta``. ``torch.lerp`` computes
+``end - (end - start) * (1 - alpha)`` for alpha >= 0.5, so alpha 0 and 1 give the base and tuned weights
+bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from sftlab.config import ConfigError, EvalConfig
+
+
+def load_tuned(tuned_dir: str | Path, base_model, dtype: str = "float32"):
+    """The fine-tuned model: a saved model folder, or a LoRA adapter folder merged into ``base_model`` (a copy)."""
+    from sftlab.eval.cli import load_model_and_tokenizer
+
+    tuned_dir = Path(tuned_dir)
+    if not tuned_dir.is_dir():
+        raise ConfigError(f"--tuned: model folder not found: {tuned_dir}")
+    if (tuned_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        merged = PeftModel.from_pretrained(copy.deepcopy(base_model), str(tuned_dir)).merge_and_unload()
+        return merged.eval()
+    return load_model_and_tokenizer(str(tuned_dir), dtype)[0]
+
+
+def check_same_shape(base, tuned) -> None:
+    """Both models must have the same parameters (names and shapes) to be interpolated."""
+    a = {n: tuple(p.shape) for n, p in base.named_parameters()}
+    b = {n: tuple(p.shape) for n, p in tuned.named_parameters()}
+    if a != b:
+        diff = sorted(set(a.items()) ^ set(b.items()))[:3]
+        raise ConfigError(
+            f"--base and --tuned are not the same architecture (first differences: {diff}); interpolate a "
+            "fine-tune with the model it was fine-tuned from"
+        )
+
+
+@torch.no_grad()
+def interpolate_into(target, base, tuned, alpha: float):
+    """Set ``target``'s parameters to ``lerp(base, tuned, alpha)`` (all three of one architecture)."""
+    tuned_params = dict(tuned.named_parameters())
+    base_params = dict(base.named_parameters())
+    for name, p in target.named_parameters():
+        p.copy_(torch.lerp(base_params[name], tuned_params[name].to(base_params[name].dtype), alpha))
+    return target
+
+
+def alpha_name(alpha: float) -> str:
+    return f"alpha={alpha:g}"
+
+
+def run_interpolation(
+    base_dir: str | Path,
+    tuned_dir: str | Path,
+    alphas: list[float],
+    eval_cfg: EvalConfig,
+    out_dir: str | Path,
+    *,
+    label: str = "",
+    save_models: bool = False,
+    progress: bool = True,
+) -> list[dict]:
+    """Build and score each interpolated model against the base; writes ``OUT/alpha=A/scorecard.json``
+    (and ``model/`` with ``save_models``). Returns points for ``tradeoff.write_tradeoff``."""
+    from sftlab.eval.cli import load_model_and_tokenizer
+    from sftlab.eval.scorecard import evaluate_model, write_scorecard
+
+    if not eval_cfg.tasks:
+        raise ConfigError("interpolate: the config has no eval.tasks to score the models with")
+    if not alphas:
+        raise ConfigError("interpolate: give at least one alpha, e.g. --alphas 0,0.5,1")
+    out_dir = Path(out_dir)
+    base, base_tok = load_model_and_tokenizer(str(base_dir))
+    tuned = load_tuned(tuned_dir, base)
+    check_same_shape(base, tuned)
+    tok = base_tok
+    if (Path(tuned_dir) / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(tuned_dir))
+    work = copy.deepcopy(base).eval()
+    points = []
+    for alpha in alphas:
+        t0 = time.perf_counter()
+        interpolate_into(work, base, tuned, alpha)
+        card = evaluate_model(
+            work,
+            tok,
+            eval_cfg.tasks,
+            base_model=base,
+            base_tokenizer=base_tok,
+            batch_size=eval_cfg.batch_size,
+            bootstrap_samples=eval_cfg.bootstrap_samples,
+            progress=progress,
+            keep_items=True,
+        )
+        card.update(model=f"interpolation of {tuned_dir} with {base_dir}", base=str(base_dir), alpha=alpha)
+        d = out_dir / alpha_name(alpha)
+        write_scorecard(card, d / "scorecard.json")
+        if save_models:
+            work.save_pretrained(d / "model")
+            tok.save_pretrained(d / "model")
+        name = f"{label} {alpha_name(alpha)}".strip()
+        points.append({"name": name, "group": "interpolation", "alpha": alpha, "card": card,
+                       "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
+    (out_dir / "points.json").write_text(
+        json.dumps([{k: v for k, v in p.items() if k != "card"} for p in points], indent=2), encoding="utf-8"
+    )
+    return points

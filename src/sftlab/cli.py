@@ -12,39 +12,49 @@ EXAMPLES = {
     "train": "sftlab train examples/sst2.yaml --set train.lr=1e-4 --output-dir runs/sst2",
     "data": "sftlab data inspect data/sst2/train.jsonl --tokenizer runs/tiny-base/final --limit 3",
     "eval": "sftlab eval --model runs/sst2/final --base runs/tiny-base/final --config examples/sst2.yaml",
-    "generate": "sftlab generate --model runs/alpaca/final 'Give three tips for staying healthy.'",
+    "generate": "sftlab generate --model runs/alpaca/final --prompts prompts.jsonl --out replies.jsonl",
+    "chat": "sftlab chat --model runs/alpaca/final --system 'You are a helpful assistant.'",
+    "report": "sftlab report runs/sst2 runs/sst2_lr1e-4 --out runs/compare.html",
+    "runs": "sftlab runs runs/",
     "tokenizer": "sftlab tokenizer train data/text/*.txt --vocab-size 4096 --out runs/tok",
     "demo": "sftlab demo",
     "config": "sftlab config show examples/sst2.yaml --set train.lr=1e-4",
+    "config reference": "sftlab config reference > config_reference.md",
     "merge": "sftlab merge --adapter runs/lora/final --out runs/lora/merged",
     "export": "sftlab export runs/sst2 --out exported/sst2 --max-shard-size 2GB",
+    "interpolate": "sftlab interpolate --base runs/tiny-base/final --tuned runs/sst2/final --alphas 0,0.5,1 "
+    "--config examples/sst2.yaml --out runs/sst2_interpolation",
+    "sweep": "sftlab sweep examples/tradeoff/sweep.yaml",
 }
 
 
 def _cmd_train(args) -> int:
+    import os
+
     from sftlab.config import load_config
+    from sftlab.train.distributed import is_launched, relaunch_command
     from sftlab.train.run import run_training
 
     overrides = list(args.set or [])
     if args.output_dir:
         overrides.append(f"output.dir={args.output_dir}")
     cfg = load_config(args.config, overrides)
+    nproc = args.nproc or cfg.train.num_processes
+    if nproc > 1 and not is_launched():  # start N processes on this machine, each running this same command
+        import subprocess
+
+        argv = ["train", args.config, *[x for o in args.set or [] for x in ("--set", o)]]
+        argv += ["--output-dir", args.output_dir] if args.output_dir else []
+        return subprocess.call(relaunch_command(nproc, argv))
     summary = run_training(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:  # one summary line per run, from the main process
+        return 0
     eval_part = f", eval loss {summary['eval_loss']:.4f}" if summary["eval_loss"] is not None else ""
     print(
         f"done: {summary['steps']} steps, train loss {summary['train_loss']:.4f}{eval_part}, "
         f"{summary['tokens']:,} tokens in {summary['train_time_s']:.0f} s ({summary['tokens_per_s']:,.0f} tok/s) "
         f"-> {summary['final_dir'] or summary['output_dir']}"
     )
-    return 0
-
-
-def _cmd_generate(args) -> int:
-    from sftlab.generate import build_prompt_ids, generate_text, load_for_inference
-
-    model, tok = load_for_inference(args.model)
-    ids = build_prompt_ids(tok, args.prompt, system=args.system, chat=not args.raw)
-    print(generate_text(model, tok, ids, args.max_new_tokens, args.temperature, args.top_p, args.seed))
     return 0
 
 
@@ -93,6 +103,40 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _parse_alphas(text: str) -> list[float]:
+    from sftlab.config import ConfigError
+
+    try:
+        alphas = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--alphas: {text!r} is not a comma-separated list of numbers, e.g. 0,0.25,0.5,0.75,1") from None
+    if not alphas:
+        raise ConfigError("--alphas: give at least one value, e.g. 0,0.5,1")
+    return alphas
+
+
+def _cmd_interpolate(args) -> int:
+    from sftlab.config import load_config
+    from sftlab.eval.interpolate import alpha_name, run_interpolation
+    from sftlab.eval.tradeoff import write_tradeoff
+
+    alphas = _parse_alphas(args.alphas)
+    cfg = load_config(args.config, args.set or [])
+    points = run_interpolation(args.base, args.tuned, alphas, cfg.eval, args.out, save_models=args.save_models)
+    reference = alpha_name(1.0) if 1.0 in alphas else None
+    summary = write_tradeoff(points, args.out, stem="interpolation", title=args.title or "", reference=reference)
+    print(open(summary["files"][0], encoding="utf-8").read())
+    print(f"interpolation: {len(points)} models scored -> {', '.join(summary['files'])}")
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from sftlab.sweep import run_sweep
+
+    run_sweep(args.sweep, extra=args.set or [], reuse=args.reuse)
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from sftlab.demo import run_demo
 
@@ -100,7 +144,11 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sftlab", description="Supervised fine-tuning of causal language models.")
+    p = argparse.ArgumentParser(
+        prog="sftlab",
+        description="Supervised fine-tuning of causal language models.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"sftlab {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="show debug logs and full tracebacks")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -109,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(
             name,
             help=help_text,
-            description=f"{help_text}\n\nexample: {EXAMPLES[name]}",
+            description=help_text,
+            epilog=f"example: {EXAMPLES[name]}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
@@ -117,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="YAML config with sections model, data, train, eval, output")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.lr=1e-4")
     t.add_argument("--output-dir", help="run directory (same as --set output.dir=DIR)")
+    t.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train with N processes on this machine (e.g. one per GPU; same as --set train.num_processes=N)",
+    )
     t.set_defaults(func=_cmd_train)
 
     d = add("data", "look at data as the model will see it")
@@ -126,10 +181,22 @@ def build_parser() -> argparse.ArgumentParser:
     di = dsub.add_parser(
         "inspect",
         help="render records with their loss mask and print token statistics",
-        description=f"example: {EXAMPLES['data']}",
+        description="render records with their loss mask and print token statistics",
+        epilog=f"example: {EXAMPLES['data']}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data_inspect.add_arguments(di)
     di.set_defaults(func=data_inspect.run)
+    from sftlab.data.clean import output as data_clean
+
+    dc = dsub.add_parser(
+        "clean",
+        help="deduplicate, filter, decontaminate and select records; write kept / removed / report",
+        description=f"{data_clean.DESCRIPTION}\n\nexample: {data_clean.EXAMPLE}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    data_clean.add_arguments(dc)
+    dc.set_defaults(func=data_clean.run)
 
     e = add("eval", "score a model (and its base) on specialty and versatility tasks")
     from sftlab.eval import cli as eval_cli
@@ -137,20 +204,35 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cli.add_arguments(e)
     e.set_defaults(func=eval_cli.run)
 
-    g = add("generate", "generate a reply with a saved model (chat template applied)")
-    g.add_argument("--model", required=True, help="model folder (e.g. RUN/final)")
-    g.add_argument("prompt", help="user message")
-    g.add_argument("--system", help="system prompt")
-    g.add_argument("--raw", action="store_true", help="no chat template: continue the prompt text as is")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
-    g.set_defaults(func=_cmd_generate)
+    from sftlab import chat, generate
+    from sftlab.report import cli as report_cli
+    from sftlab.report import runs as runs_cli
+
+    g = add("generate", "generate replies with a saved model (chat template applied): one prompt, or a file to JSONL")
+    generate.add_arguments(g)
+    g.set_defaults(func=generate.run)
+
+    ch = add("chat", "talk to a saved model in the terminal, multi-turn, with its chat template")
+    chat.add_arguments(ch)
+    ch.set_defaults(func=chat.run)
+
+    rp = add("report", "write report.html for a run (or compare several): curves, data, scorecard, samples")
+    report_cli.add_arguments(rp)
+    rp.set_defaults(func=report_cli.run)
+
+    rn = add("runs", "list run directories: status, steps, final losses, scorecard headline")
+    runs_cli.add_arguments(rn)
+    rn.set_defaults(func=runs_cli.run)
 
     k = add("tokenizer", "train a byte-level BPE tokenizer (with a ChatML template) on text files")
     ksub = k.add_subparsers(dest="tok_command", metavar="TOKENIZER_COMMAND", required=True)
-    kt = ksub.add_parser("train", help="train a tokenizer")
+    kt = ksub.add_parser(
+        "train",
+        help="train a tokenizer",
+        description="train a byte-level BPE tokenizer on text files",
+        epilog=f"example: {EXAMPLES['tokenizer']}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     kt.add_argument("files", nargs="+")
     kt.add_argument("--vocab-size", type=int, default=4096)
     kt.add_argument("--out", required=True)
@@ -158,10 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = add("config", "show a resolved config, or the reference of every key")
     csub = c.add_subparsers(dest="config_command", metavar="CONFIG_COMMAND", required=True)
-    cs = csub.add_parser("show", help="print the config after defaults and overrides")
+    cs = csub.add_parser(
+        "show",
+        help="print the config after defaults and overrides",
+        description="print the config after defaults and overrides",
+        epilog=f"example: {EXAMPLES['config']}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     cs.add_argument("config", nargs="?", help="YAML config (defaults only when omitted)")
     cs.add_argument("--set", action="append", metavar="KEY=VALUE")
-    csub.add_parser("reference", help="print every config key with its default and meaning (Markdown)")
+    csub.add_parser(
+        "reference",
+        help="print every config key with its default and meaning (Markdown)",
+        description="print every config key with its default and meaning (Markdown)",
+        epilog=f"example: {EXAMPLES['config reference']}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     c.set_defaults(func=_cmd_config)
 
     mg = add("merge", "merge a LoRA adapter into its base model and save a plain model")
@@ -178,11 +272,31 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-merge", action="store_true", help="keep a LoRA adapter as an adapter")
     ex.set_defaults(func=_cmd_export)
 
+    ip = add("interpolate", "score weight interpolations between a base and its fine-tune (WiSE-FT)")
+    ip.add_argument("--base", required=True, help="base model folder")
+    ip.add_argument("--tuned", required=True, help="fine-tuned model folder, or a LoRA adapter folder (merged)")
+    ip.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="comma-separated, 0 = base, 1 = tuned")
+    ip.add_argument("--config", required=True, help="YAML config whose eval.tasks score every model")
+    ip.add_argument("--out", default="interpolation", help="folder for scorecards, table and plot")
+    ip.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    ip.add_argument("--save-models", action="store_true", help="also save each interpolated model")
+    ip.add_argument("--title", help="plot and table title")
+    ip.set_defaults(func=_cmd_interpolate)
+
+    sw = add("sweep", "train a small grid of runs and plot them on one specialty / versatility plane")
+    sw.add_argument("sweep", help="sweep YAML (config, runs, grid, interpolate; see sftlab/sweep.py)")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value in every run")
+    sw.add_argument("--reuse", action="store_true", help="keep finished runs whose resolved config is unchanged")
+    sw.set_defaults(func=_cmd_sweep)
+
     m = add("demo", "offline demo: build a tiny base, fine-tune it on SST-2, compare base and tuned")
     m.add_argument("--out", default="runs/demo", help="where the demo's runs go")
     m.add_argument("--rebuild-base", action="store_true", help="retrain the tiny base even if cached")
     m.add_argument("--quick", action="store_true", help="a much shorter demo (smoke test)")
     m.set_defaults(func=_cmd_demo)
+    p.epilog = "examples (sftlab COMMAND --help for more):\n" + "\n".join(
+        f"  {EXAMPLES[name]}" for name in sub.choices if name in EXAMPLES
+    )
     return p
 
 

@@ -39,14 +39,84 @@ class SourceConfig:
     completion_template: str | None = None  # extraction: " {answer}" (default: " {label}")
     label_map: dict[str, str] = field(default_factory=dict)  # classification: raw label -> text, {"1": positive}
     system: str | None = None  # system prompt added to every conversation
-    weight: float | None = None  # mixture weight (share) of this source
-    count: int | None = None  # mixture: absolute number of records from this source
+    weight: float | None = None  # mixture: relative share of the mixture's records (see data.mixture; 0 = unused)
+    count: int | None = None  # mixture: exact number of records from this source (repeated when more than it has)
+    fraction: float | None = None  # mixture: share of this source's own records (0.5 = half, 2 = each twice)
     limit: int | None = None  # use only the first N records
+
+
+@dataclass(frozen=True)
+class MixtureConfig:
+    temperature: float | None = None  # shares proportional to records^(1/T): 1 = as concatenated, larger = flatter
+    total: int | None = None  # records of a weight / temperature mixture (default: the most with none repeated)
+    seed: int = 0  # which records are drawn (down-sampling) and which repeated (up-sampling)
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    exact: Literal["none", "conversation", "prompt"] = "conversation"  # equal up to case, spaces, punctuation
+    near: Literal["none", "conversation", "prompt"] = "conversation"  # similar (MinHash + LSH, Jaccard)
+    shingle_words: int = 5  # near: word n-gram shingles
+    bands: int = 20  # near: LSH bands (a pair is a candidate when one band of its MinHash values matches)
+    rows: int = 5  # near: MinHash values per band (bands x rows hash functions)
+    threshold: float = 0.7  # near: Jaccard similarity of the shingle sets at or above which records are duplicates
+    seed: int = 0  # near: MinHash hash functions
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    enabled: bool = True  # heuristic filters on the response (the last assistant turn)
+    min_response_words: int = 1  # fewer words: short_response
+    max_response_words: int | None = None  # more words: long_response
+    prompt_echo_share: float | None = 0.5  # the response holds the whole prompt, >= this share of its words
+    max_duplicate_line_share: float = 0.5  # share of characters in repeated lines (>= 10 chars, with a letter)
+    max_top_ngram_share: tuple[float, float, float] = (0.6, 0.6, 0.6)  # top 2/3/4-gram share (>= 20 words)
+    max_nonprintable_share: float = 0.0  # share of control / unassigned characters and U+FFFD
+    languages: tuple[str, ...] = ()  # keep only these ISO 639-1 codes, e.g. [en] (needs py3langid); empty: off
+
+
+@dataclass(frozen=True)
+class EvalSetConfig:
+    path: str = ""  # eval data file or folder (jsonl / json / csv / tsv / parquet)
+    name: str | None = None  # name in reports (default: file stem)
+    fields: tuple[str, ...] = ()  # fields holding the item's text (default: every string field)
+    split: str = "train"  # split of a saved dataset
+
+
+@dataclass(frozen=True)
+class DecontaminateConfig:
+    eval_sets: tuple[EvalSetConfig, ...] = ()  # evaluation data the training records must not contain
+    ngram: int = 8  # coverage n-gram (words)
+    coverage: float = 0.5  # contaminated: the record holds more than this share of an eval item's n-grams
+    long_ngram: int = 13  # contaminated: the record shares one n-gram of this length with an eval item; 0: off
+
+
+@dataclass(frozen=True)
+class DataSelectConfig:
+    by: Literal["none", "ifd", "length", "random"] = "none"  # ifd (base model) | length (longest) | random
+    budget: int | None = None  # records kept per source
+    share: float | None = None  # share of each source's records kept (after the other operators)
+    model: str | None = None  # base model for ifd / diversity (default: model.name_or_path)
+    max_ifd: float = 1.0  # ifd: drop records above (the prompt does not help predict the response)
+    diversity: float | None = None  # skip records whose cosine to an already selected one is above this
+    max_seq_len: int = 512  # tokens scored per record
+    batch_size: int = 16  # records per forward pass
+    seed: int = 0  # random selection
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    dedup: DedupConfig = field(default_factory=DedupConfig)  # exact and near duplicates
+    filter: FilterConfig = field(default_factory=FilterConfig)  # heuristic filters
+    decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)  # against eval sets
+    select: DataSelectConfig = field(default_factory=DataSelectConfig)  # selection under a budget
 
 
 @dataclass(frozen=True)
 class DataConfig:
     sources: tuple[SourceConfig, ...] = ()  # training sources
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)  # how sources with weight / count mix
+    clean: CleanConfig | None = None  # data cleaning before rendering, per source, before mixing (see data.clean)
     template: str | None = None  # None: tokenizer's own; chatml | llama-3 | mistral | plain | file.jinja
     mask: str = "auto"  # auto | assistant | last_assistant | completion | all
     max_seq_len: int = 1024  # tokens per sequence after rendering
@@ -97,6 +167,9 @@ class SelectConfig:
     seed: int = 0  # half: which half of each block's matrices is trained
 
 
+Tracker = Literal["tensorboard", "trackio", "wandb", "mlflow"]
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: float = 1.0  # passes over the data (ignored when max_steps > 0)
@@ -125,6 +198,12 @@ class TrainConfig:
     segment_attention: bool = False  # packed + sdpa: causal attention per segment instead of a block mask
     causal_no_pad_mask: bool = True  # padded + causal: skip the padding mask (right padding cannot leak)
     compile: bool = False  # torch.compile each decoder layer (dynamic shapes); pays a compile at start
+    report_to: tuple[Tracker, ...] = ()  # also log metrics to tensorboard | trackio | wandb | mlflow (a pip extra each)
+    run_name: str | None = None  # run name in trackers (default: the output folder's name)
+    project: str = "sftlab"  # tracker project (W&B, trackio) / experiment (MLflow)
+    distributed: Literal["auto", "ddp", "fsdp2"] = "auto"  # several processes: auto (DDP, or what an accelerate config sets) | ddp | fsdp2 (parameters, gradients and optimizer state sharded per decoder layer)
+    fsdp_cpu_offload: bool = False  # fsdp2: keep sharded parameters and optimizer state in CPU memory (GPU runs)
+    num_processes: int = 1  # sftlab train starts this many processes on this machine (torch.distributed.run); same as --nproc
 
 
 @dataclass(frozen=True)
@@ -159,6 +238,9 @@ class EvalConfig:
     batch_size: int = 32  # task evaluation batch size
     bootstrap_samples: int = 2000  # paired bootstrap resamples for confidence intervals
     compare_base: bool = True  # score the base model too and report paired differences
+    keep_items: bool = False  # scorecard.json also holds per-item values (for paired comparisons between runs)
+    samples: int = 3  # held-out records generated before and after training (samples.jsonl, report); 0: off
+    sample_max_new_tokens: int = 64  # generation budget of each sample
 
 
 @dataclass(frozen=True)
@@ -166,6 +248,36 @@ class OutputConfig:
     dir: str = "runs/run"  # run directory
     overwrite: bool = True  # reuse an existing run directory
     save_final: bool = True  # write OUTPUT/final/ in Hugging Face format
+    report: bool = True  # write OUTPUT/report.html at the end of the run (sftlab report rebuilds it)
+
+
+@dataclass(frozen=True)
+class StageSourceConfig:
+    name: str = ""  # a data.sources[] name (its name:, else its file stem)
+    weight: float | None = None  # relative share of this stage's mixture
+    count: int | None = None  # exact number of records of this source in this stage
+    fraction: float | None = None  # share of the source's records in this stage (0.5 = half, 2 = each twice)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    name: str = ""  # shown in logs, metrics.jsonl (stage) and summary.json (default: stage1, stage2, ...)
+    sources: tuple[StageSourceConfig | str, ...] = ()  # data.sources names: bare (all records once) or {name, weight / count / fraction}; empty: data.sources as set
+    mixture: MixtureConfig | None = None  # temperature / total / seed of this stage (default: data.mixture)
+    epochs: float | None = None  # passes over this stage's mixture (default: train.epochs)
+    max_steps: int | None = None  # optimizer steps of this stage (default: train.max_steps)
+    lr: float | None = None  # peak learning rate (default: train.lr)
+    scheduler: Literal["cosine", "linear", "constant"] | None = None  # default: train.scheduler
+    warmup_steps: int | None = None  # default: train.warmup_steps
+    warmup_ratio: float | None = None  # default: train.warmup_ratio
+    min_lr_ratio: float | None = None  # default: train.min_lr_ratio
+    select: SelectConfig | None = None  # trainable parameters of this stage (default: the run's select)
+
+
+@dataclass(frozen=True)
+class DmtConfig:
+    specialist: tuple[str, ...] = ()  # data.sources names of the specialist data; set to train in two DMT stages
+    k: float = 1 / 256  # stage 2 share of the specialist records mixed into the general data (1/256: Dong et al.)
 
 
 @dataclass(frozen=True)
@@ -177,6 +289,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    stages: tuple[StageConfig, ...] = ()  # ordered training stages, each with its own data mix and schedule
+    dmt: DmtConfig = field(default_factory=DmtConfig)  # dual-stage mixed fine-tuning preset (expands to stages)
 
 
 # ---------------------------------------------------------------------------------- building
@@ -204,6 +318,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             try:
                 return _coerce(value, arg, where)
             except ConfigError as e:
+                if isinstance(value, dict) and dataclasses.is_dataclass(arg):
+                    raise  # a mapping meant for a section: its own error says what is wrong
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is not a valid {_type_name(tp)}")
     if origin is Literal:
@@ -352,10 +468,20 @@ SECTIONS = (
     ("select", SelectConfig),
     ("data", DataConfig),
     ("data.sources[]", SourceConfig),
+    ("data.mixture", MixtureConfig),
+    ("data.clean", CleanConfig),
+    ("data.clean.dedup", DedupConfig),
+    ("data.clean.filter", FilterConfig),
+    ("data.clean.decontaminate", DecontaminateConfig),
+    ("data.clean.decontaminate.eval_sets[]", EvalSetConfig),
+    ("data.clean.select", DataSelectConfig),
     ("train", TrainConfig),
     ("eval", EvalConfig),
     ("eval.tasks[]", TaskConfig),
     ("output", OutputConfig),
+    ("stages[]", StageConfig),
+    ("stages[].sources[]", StageSourceConfig),
+    ("dmt", DmtConfig),
 )
 
 
@@ -379,6 +505,8 @@ def reference_markdown() -> str:
                 default = repr(f.default)
             else:
                 default = repr(f.default_factory())  # type: ignore[misc]
+            if dataclasses.is_dataclass(hints[f.name]):
+                default = "section"
             if not doc and get_origin(hints[f.name]) is Literal:
                 doc = " \\| ".join(get_args(hints[f.name]))
             out.append(f"| `{f.name}` | `{default}` | {doc.strip().replace('|', chr(92) + '|')} |")

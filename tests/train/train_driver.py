@@ -7,6 +7,7 @@ Writes OUT_DIR/final.safetensors (all parameters) at the end; exit code as the C
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 
@@ -73,10 +74,19 @@ def main() -> int:
         state.destroy_process_group()
     if not state.is_main_process:
         return 0
-    save_file({n: p.detach().contiguous() for n, p in model.named_parameters()}, f"{out}/final.safetensors")
+    if res.full_state_dict is not None:  # FSDP2: the consolidated weights, named as the parameters
+        params = {n: res.full_state_dict[n] for n, _ in model.named_parameters()}
+    else:
+        params = {n: p.detach() for n, p in model.named_parameters()}
+    save_file({n: p.contiguous() for n, p in params.items()}, f"{out}/final.safetensors")
     print(f"skipped_steps={res.skipped_steps} resumed_from={res.resumed_from}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is written and the process group is shut down: skip interpreter teardown, where gloo's
+    # background threads can still abort the process ("terminate called without an active exception").
+    os._exit(code)

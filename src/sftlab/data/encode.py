@@ -8,7 +8,7 @@ with the error in ``_removed`` (for the skipped-records file).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sftlab.config import SourceConfig
@@ -55,6 +55,7 @@ class EncodeContext:
     spec: RenderSpec
     tokenizer: Any
     on_error: str
+    drop: dict[int, dict[str, Any]] = field(default_factory=dict)  # row -> removal by data.clean (clean/apply.py)
 
 
 def encode_batch(batch: dict[str, list], indices: list[int], ctx: EncodeContext) -> dict[str, list]:
@@ -62,9 +63,16 @@ def encode_batch(batch: dict[str, list], indices: list[int], ctx: EncodeContext)
     out: dict[str, list] = {k: [] for k in COLUMNS + INTERNAL}
     rendered, slots, raws, failures = [], [], {}, {}
     json_rows = ctx.source.kind == "json"
+    extras: dict[int, dict] = {}
     for i, index in enumerate(indices):
         origin = batch["_origin"][i] if json_rows else ctx.source.origin(index)
         raws[i] = batch["_raw"][i] if json_rows else None
+        if index in ctx.drop:  # removed by the cleaning pass: counted under its reason, never rendered
+            info = ctx.drop[index]
+            raws[i] = raws[i] if json_rows else read_row(ctx.source, batch, i, origin)
+            failures[i] = (info["reason"], f"{origin}: {info['error']}", origin)
+            extras[i] = {k: v for k, v in info.items() if k not in ("reason", "error")}
+            continue
         try:
             row = read_row(ctx.source, batch, i, origin)
             raws[i] = row
@@ -86,7 +94,7 @@ def encode_batch(batch: dict[str, list], indices: list[int], ctx: EncodeContext)
         if i in failures:
             reason, message, origin = failures[i]
             record = {"origin": origin, "source": ctx.source.name, "reason": reason, "error": message,
-                      "record": raws[i]}  # fmt: skip
+                      **extras.get(i, {}), "record": raws[i]}  # fmt: skip
             removed = json.dumps(record, ensure_ascii=False, default=str)
             row = _row([], [], ctx.source.name, origin, status=reason, removed=removed)
         else:

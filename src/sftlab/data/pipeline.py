@@ -29,6 +29,7 @@ from sftlab.data.encode import (
     output_features,
 )
 from sftlab.data.errors import DataError, find_data_error
+from sftlab.data.mixing import mix_dataset, specs_from_sources
 from sftlab.data.render import RenderSpec, build_render_spec
 from sftlab.data.report import DataReport, add_source, source_report, token_stats
 from sftlab.data.sources import load_source, source_fingerprint, source_name
@@ -45,15 +46,32 @@ def build_dataset(
     skipped_path: str | None = None,
     progress: bool = True,
     allow_empty: bool = False,
+    mix: bool = True,
 ):
     """(dataset, report): columns input_ids, labels (-100: no loss), length, num_trained, source, origin.
 
     Removed records (validation failures with ``on_error: skip``, empty masks, too long with ``drop``) are
     written with their reason to ``skipped_path`` (JSONL) when given. Raises ``DataError`` for a bad record
     with ``on_error: raise``, and when no record is left (unless ``allow_empty``).
+    With ``mix`` the sources are mixed as their weight / count / fraction and ``data.mixture`` say (see
+    mixing.py); ``mix=False`` returns every kept record once, for callers that hold records out first.
     """
     with _progress_bars(progress):
-        return _build(data_cfg, tokenizer, sources, skipped_path, allow_empty)
+        dataset, report = _build(data_cfg, tokenizer, sources, skipped_path, allow_empty)
+    # ---- mixing: after every source is built, as the last step (sampling needs no tokenising, so it runs
+    # after the cache and a change of weights re-tokenises nothing)
+    if mix:
+        dataset, report.mixture = mix_sources(
+            dataset, tuple(data_cfg.sources if sources is None else sources), data_cfg.mixture
+        )
+    return dataset, report
+
+
+def mix_sources(dataset, sources: tuple[SourceConfig, ...], mixture):
+    """(mixed dataset, mixture report) of a built dataset whose rows carry their source name."""
+    if len(dataset) == 0:
+        return dataset, {}
+    return mix_dataset(dataset, specs_from_sources(sources, _unique_names(sources)), mixture)
 
 
 def _build(data_cfg: DataConfig, tokenizer, sources, skipped_path: str | None, allow_empty: bool):
@@ -84,10 +102,21 @@ def _build(data_cfg: DataConfig, tokenizer, sources, skipped_path: str | None, a
         truncation=data_cfg.truncation,
         cache_key=key,
     )
+    # ---- cleaning (data.clean, clean/): dedup, filters, decontamination, selection on the conversations of
+    # all sources, before rendering and mixing; a removed record stays a row of its source, with its reason
+    drops = {}
+    if data_cfg.clean is not None:
+        import datasets
+
+        from sftlab.data.clean.apply import clean_sources
+
+        cleaned = clean_sources(sources, names, data_cfg.clean, hf_cache, data_cfg.mask,
+                                progress=datasets.is_progress_bar_enabled())  # fmt: skip
+        drops, report.clean = cleaned.drops_by_source(), cleaned.report.to_dict()
     parts, removed = [], []
     for src, name in zip(sources, names):
         kept, removed_part, stats = encode_source(
-            replace(src, name=name), tokenizer, spec, data_cfg, hf_cache
+            replace(src, name=name), tokenizer, spec, data_cfg, hf_cache, drop=drops.get(name)
         )
         parts.append(kept)
         removed.append(removed_part)
@@ -112,11 +141,15 @@ def _build(data_cfg: DataConfig, tokenizer, sources, skipped_path: str | None, a
     return dataset, report
 
 
-def encode_source(src: SourceConfig, tokenizer, spec: RenderSpec, data_cfg: DataConfig, hf_cache: str | None):
-    """(kept rows, removed rows, SourceReport) of one source; rows as in ``encode.output_features``."""
+def encode_source(
+    src: SourceConfig, tokenizer, spec: RenderSpec, data_cfg: DataConfig, hf_cache: str | None, drop=None
+):
+    """(kept rows, removed rows, SourceReport) of one source; rows as in ``encode.output_features``.
+
+    ``drop``: ``{row: removal}`` of the cleaning pass; those rows are removed with the removal's reason."""
     loaded = load_source(src, hf_cache)
     fmt = src.format if src.format != "auto" else detect_source_format(loaded, src, data_cfg.on_error)
-    ctx = EncodeContext(replace(loaded, dataset=None), fmt, src, spec, tokenizer, data_cfg.on_error)
+    ctx = EncodeContext(replace(loaded, dataset=None), fmt, src, spec, tokenizer, data_cfg.on_error, drop or {})
     ds = loaded.dataset
     if src.streaming:
         mapped = _encode_stream(ds, ctx, hf_cache)
@@ -160,6 +193,8 @@ def _map_fingerprint(ds, ctx: EncodeContext) -> str:
         ctx.on_error,
         cache.tokenizer_fingerprint(ctx.tokenizer),
     ]
+    if ctx.drop:
+        parts.append(sorted((k, v["reason"]) for k, v in ctx.drop.items()))
     return cache.cache_key({"map": parts})[:16]
 
 
@@ -188,12 +223,18 @@ def _unique_names(sources) -> list[str]:
 
 
 def _cache_key(data_cfg, sources, names, tokenizer, spec: RenderSpec, hf_cache) -> str | None:
+    from sftlab.data.clean.apply import clean_fingerprint
+
     contents = [source_fingerprint(s, hf_cache) for s in sources]
     if any(c is None for c in contents):
         return None  # streamed hub data: content unknown, never cached
     return cache.cache_key(
         {
-            "sources": [{"cfg": s, "name": n, "content": c} for s, n, c in zip(sources, names, contents)],
+            # mixing settings are left out: mixing runs after the cache (see build_dataset)
+            "sources": [
+                {"cfg": replace(s, weight=None, count=None, fraction=None), "name": n, "content": c}
+                for s, n, c in zip(sources, names, contents)
+            ],
             "tokenizer": cache.tokenizer_fingerprint(tokenizer),
             "template": cache.sha(spec.template_text),
             "plain": cache.sha(spec.plain_text),
@@ -201,6 +242,7 @@ def _cache_key(data_cfg, sources, names, tokenizer, spec: RenderSpec, hf_cache) 
             "max_seq_len": data_cfg.max_seq_len,
             "truncation": data_cfg.truncation,
             "on_error": data_cfg.on_error,
+            **({"clean": clean_fingerprint(data_cfg.clean, hf_cache)} if data_cfg.clean is not None else {}),
         }
     )
 
@@ -246,8 +288,6 @@ def _finish_report(report: DataReport, dataset, removed, tokenizer, spec: Render
             f"{report.mask_fallbacks:,} records: the template's prefixes are not prefixes of the "
             "whole; their masks come from locating each turn's content"
         )
-    if any(s.weight is not None or s.count is not None for s in sources):
-        report.warnings.append("data.sources[].weight / count (mixing) are not applied by build_dataset")
     report.check()
 
 

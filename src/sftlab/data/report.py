@@ -6,6 +6,7 @@ dropped_empty_mask + dropped_too_long``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -80,6 +81,8 @@ class DataReport:
     boundary_mismatches: int = 0  # tokens straddling a trained-span border (see render.py)
     mask_fallbacks: int = 0  # records whose mask came from content search, not prefix rendering
     warnings: list[str] = field(default_factory=list)
+    mixture: dict[str, Any] = field(default_factory=dict)  # shares per source after mixing (data/mixing.py)
+    clean: dict[str, Any] = field(default_factory=dict)  # the cleaning pass (data.clean): clean/report.py CleanReport
     examples_removed: list[dict] = field(default_factory=list)  # first few removed records (origin, reason)
     template: str = ""
     mask: str = ""
@@ -136,6 +139,10 @@ class DataReport:
                     f"  {s.name} ({s.format}): {s.records_in:,} in, {s.records_kept:,} kept, "
                     f"{s.total_tokens:,} tokens, {s.trained_tokens:,} trained"
                 )
+        if self.mixture and len(self.mixture.get("sources", {})) > 1:
+            from sftlab.data.mixing import format_mixture
+
+            lines.append(format_mixture(self.mixture))
         for ex in self.examples_removed[:5]:
             lines.append(f"  removed ({ex['reason']}) {ex['error']}")
         if self.eot_warning:
@@ -198,3 +205,35 @@ def add_source(report: DataReport, s: SourceReport) -> None:
     report.dropped_empty_mask += s.dropped_empty_mask
     report.dropped_too_long += s.dropped_too_long
     report.truncated += s.truncated
+
+
+def bin_edges(max_value: int, bins: int = 20) -> list[int]:
+    """Integer edges ``0, w, 2w, ...`` covering ``max_value`` with at most ``bins`` bins of a whole width.
+
+    >>> bin_edges(100, bins=4)
+    [0, 26, 52, 78, 104]
+    """
+    width = max(1, math.ceil((max_value + 1) / bins))
+    return [i * width for i in range(math.ceil((max_value + 1) / width) + 1)]
+
+
+def length_histograms(lengths, trained, sources, bins: int = 20) -> dict[str, Any]:
+    """Histograms of tokens and of trained tokens per record, one count list per source.
+
+    A value v falls in bin i when ``edges[i] <= v < edges[i + 1]``.
+
+    >>> h = length_histograms([3, 9, 10], [1, 2, 2], ["a", "b", "b"], bins=2)
+    >>> h["length_edges"], h["length_counts"]
+    ([0, 6, 12], {'a': [1, 0], 'b': [0, 2]})
+    """
+    lengths, trained = np.asarray(lengths, dtype=np.int64), np.asarray(trained, dtype=np.int64)
+    sources = np.asarray([str(s) for s in sources])
+    out: dict[str, Any] = {}
+    for key, values in (("length", lengths), ("trained", trained)):
+        edges = bin_edges(int(values.max()) if len(values) else 0, bins)
+        counts = {}
+        for name in dict.fromkeys(sources.tolist()):
+            idx = np.minimum(values[sources == name] // (edges[1] - edges[0]), len(edges) - 2)
+            counts[name] = np.bincount(idx, minlength=len(edges) - 1).astype(int).tolist()
+        out[f"{key}_edges"], out[f"{key}_counts"] = edges, counts
+    return out

@@ -88,8 +88,10 @@ def evaluate_task(
     batch_size: int = 32,
     bootstrap_samples: int = 2000,
     progress: bool = True,
+    keep_items: bool = False,
 ) -> dict:
-    """The scorecard entry of one task (see the module doc)."""
+    """The scorecard entry of one task (see the module doc); ``keep_items`` adds ``items`` (see
+    ``item_values``)."""
     t0 = time.perf_counter()
     if task.kind == "lm_eval":
         metrics, extras = evaluate_harness_task(model, tokenizer, task, base_model=base_model,
@@ -128,7 +130,7 @@ def evaluate_task(
         + ", ".join(f"{m} {metrics[m]['model']:.4g}" for m in headline)
         + f"  [{elapsed:.1f} s]",
     )
-    return {
+    entry = {
         "name": task.name,
         "kind": task.kind,
         "role": task.role,
@@ -141,6 +143,19 @@ def evaluate_task(
         "extras": extras,
         "elapsed_s": round(elapsed, 3),
     }
+    if keep_items:
+        entry["items"] = {"model": item_values(task, res), "base": item_values(task, base_res) if base_res else None}
+    return entry
+
+
+def item_values(task: TaskConfig, res: dict) -> dict[str, list[float]]:
+    """Per-item values behind the headline metrics, in item order: ``accuracy`` (0/1) for classification,
+    one list per metric for generation, ``nll`` per window (mean nats per token) for perplexity."""
+    if task.kind == "classification":
+        return {"accuracy": [float(it["correct"]) for it in res["items"]]}
+    if task.kind == "generation":
+        return {m: [float(it[m]) for it in res["items"]] for m in GEN_METRICS[task.metric]}
+    return {"nll": [float(it["nll"]) for it in res["items"]]}
 
 
 def summarize_verdicts(tasks: list[dict]) -> dict:
@@ -165,6 +180,7 @@ def evaluate_model(
     batch_size: int = 32,
     bootstrap_samples: int = 2000,
     progress: bool = True,
+    keep_items: bool = False,
 ) -> dict:
     """Score ``model`` (and ``base_model`` when given) on every task; the scorecard dict (module doc).
 
@@ -181,6 +197,7 @@ def evaluate_model(
             batch_size=batch_size,
             bootstrap_samples=bootstrap_samples,
             progress=progress,
+            keep_items=keep_items,
         )
         for t in tasks
     ]
@@ -198,7 +215,7 @@ def evaluate_for_config(eval_cfg, model, tokenizer, *, base_model=None, base_tok
     """``evaluate_model`` on an ``EvalConfig``'s tasks, batch size and bootstrap samples."""
     return evaluate_model(model, tokenizer, eval_cfg.tasks, base_model=base_model, base_tokenizer=base_tokenizer,
                           batch_size=eval_cfg.batch_size, bootstrap_samples=eval_cfg.bootstrap_samples,
-                          progress=progress)
+                          progress=progress, keep_items=eval_cfg.keep_items)
 
 
 def flatten_scorecard(card: dict) -> dict[str, float]:

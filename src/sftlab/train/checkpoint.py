@@ -7,6 +7,8 @@ A checkpoint is a folder ``OUTPUT/checkpoints/step-000120/`` holding:
 - ``state.json``: step, token counters, the per-step losses so far, python / numpy RNG states;
   ``rng.safetensors``: torch RNG states. Nothing is unpickled on resume.
 - ``manifest.json``, written last: the sha256 of every file above.
+A multi-process run (DDP, FSDP2) writes ``dcp/`` (sharded weights + optimizer state) and the RNG state
+of every process instead (:func:`save_distributed_checkpoint`).
 It is written to ``step-000120.tmp`` and renamed, so a crash leaves either nothing or a whole
 checkpoint; one whose manifest is missing or whose checksums fail is ignored with a warning.
 
@@ -85,7 +87,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: d
         (tmp / "state.json").write_text(json.dumps({**state, "rng": plain_rng}), encoding="utf-8")
         if fault is not None:
             fault.during_checkpoint(step)
-        files = sorted(p.name for p in tmp.iterdir())
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         manifest = {"step": step, "files": {name: _sha256(tmp / name) for name in files}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         _fsync_dir(tmp)
@@ -141,6 +143,8 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and RNG; returns the saved ``state`` dict."""
     from safetensors.torch import load_file
 
+    if (ckpt / DCP_DIR).is_dir():
+        return load_distributed_checkpoint(ckpt, model, optimizer, scheduler)
     tensors = load_file(str(ckpt / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
@@ -153,6 +157,109 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     state = json.loads((ckpt / "state.json").read_text())
     set_rng_state(state.pop("rng"), load_file(str(ckpt / "rng.safetensors")))
+    return state
+
+
+DCP_DIR = "dcp"
+
+
+def _state_dict_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True)  # frozen tensors (LoRA's base) are rebuilt from the base
+
+
+def _rank() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def save_distributed_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: dict, fault=None) -> Path:
+    """Checkpoint ``step`` of a multi-process run (DDP or FSDP2), written by every process together.
+
+    Layout: ``dcp/`` (torch.distributed.checkpoint: each process writes its own shards of the trainable
+    weights and the optimizer state; replicated DDP tensors are written once), ``rng-rank<R>.json`` +
+    ``rng-rank<R>.safetensors`` (the RNG state of every process), ``scheduler.pt``, ``state.json`` and, last,
+    ``manifest.json`` from the main process once all have finished. Atomic like :func:`save_checkpoint`.
+    ``optimizer``: the torch optimizer (not a wrapper). A collective: every process must call it.
+    """
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    rank, world = _rank()
+    final, tmp = root / f"step-{step:06d}", root / f"step-{step:06d}.tmp"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    _barrier()
+    try:
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_dict_options())
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / DCP_DIR))
+        plain_rng, tensor_rng = rng_state()
+        save_file(tensor_rng, str(tmp / f"rng-rank{rank}.safetensors"))
+        (tmp / f"rng-rank{rank}.json").write_text(json.dumps(plain_rng), encoding="utf-8")
+        if rank == 0:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            (tmp / "state.json").write_text(json.dumps({**state, "world": world}), encoding="utf-8")
+        if fault is not None:
+            fault.during_checkpoint(step)
+        _barrier()
+        if rank == 0:
+            files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+            manifest = {"step": step, "files": {name: _sha256(tmp / name) for name in files}}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+            _fsync_dir(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(root)
+        _barrier()
+    except BaseException:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def load_distributed_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
+    """Restore a :func:`save_distributed_checkpoint` folder: each process loads its own shards (resharded by
+    DCP when the process count changed) and its own RNG state."""
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    rank, world = _rank()
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_dict_options())
+    both = {"model": model_sd, "optim": optim_sd}
+    dcp.load(both, checkpoint_id=str(ckpt / DCP_DIR))
+    set_state_dict(
+        model, optimizer, model_state_dict=both["model"], optim_state_dict=both["optim"], options=_state_dict_options()
+    )
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    state = json.loads((ckpt / "state.json").read_text())
+    rng_rank = rank if (ckpt / f"rng-rank{rank}.json").is_file() else 0
+    if rng_rank != rank or state.get("world", world) != world:
+        print(
+            f"warning: {ckpt} was written by {state.get('world')} processes, resumed by {world}: "
+            "weights and optimizer are exact, random streams (dropout) are not"
+        )
+    set_rng_state(
+        json.loads((ckpt / f"rng-rank{rng_rank}.json").read_text()),
+        load_file(str(ckpt / f"rng-rank{rng_rank}.safetensors")),
+    )
+    state.pop("world", None)
     return state
 
 

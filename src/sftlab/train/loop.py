@@ -22,9 +22,16 @@ import torch
 from sftlab.config import Config
 from sftlab.train.attention import SEGMENT_ATTENTION, register_segment_attention
 from sftlab.train.batches import collate_packed, collate_padded, pack_bfd, plan_windows, split_window
-from sftlab.train.checkpoint import find_latest_valid, load_checkpoint, prune_checkpoints, save_checkpoint
+from sftlab.train.checkpoint import (
+    find_latest_valid,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    save_distributed_checkpoint,
+)
+from sftlab.train.distributed import full_state_dict, shard_fsdp2, uses_fsdp2
 from sftlab.train.faults import Faults
-from sftlab.train.loss import LossHead, forward_loss_sum
+from sftlab.train.loss import LossHead, SourceLoss, forward_loss_sum
 from sftlab.train.optim import build_optimizer, build_scheduler
 
 
@@ -44,6 +51,8 @@ class RunResult:
     tokens: int = 0  # real (non-padding) tokens processed
     trained_tokens: int = 0  # tokens with a loss
     elapsed_s: float = 0.0
+    # FSDP2: the trained weights gathered on the main process (plain CPU tensors), for saving ``final/``
+    full_state_dict: dict | None = field(default=None, repr=False)
 
     @property
     def final_loss(self) -> float | None:
@@ -341,6 +350,19 @@ def restore_metrics(path: Path, step: int) -> None:
     path.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
 
 
+def clip_grad_norm(params, max_norm: float, accelerator, fsdp2: bool) -> float:
+    """Clip the gradient norm over all processes; returns the norm before clipping.
+
+    Under FSDP2 the gradients are ``DTensor`` shards: torch's ``clip_grad_norm_`` reduces their norm over the
+    processes and returns it as a ``DTensor``.
+    """
+    limit = max_norm or float("inf")
+    if not fsdp2:
+        return float(accelerator.clip_grad_norm_(params, limit))
+    norm = torch.nn.utils.clip_grad_norm_(params, limit)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
 def compile_layers(model) -> int:
     """``torch.compile`` every decoder layer in place (regional compilation: one compiled graph reused by all
     layers, shapes dynamic so varying batch lengths do not recompile; mask building stays eager)."""
@@ -382,15 +404,30 @@ def train(
     if t.compile:
         compile_layers(model)
     model.train()
-    optimizer = build_optimizer(model, t)
     lm = model
-    model, optimizer = accelerator.prepare(LossHead(lm), optimizer)  # model: the LM + loss, maybe wrapped
+    fsdp2 = uses_fsdp2(t.distributed, accelerator)
+    if accelerator.distributed_type == "DEEPSPEED":
+        # DeepSpeed steps its optimizer inside backward (one step per micro-batch here) and returns no grad
+        # norm: the window / token normalisation of this loop would be wrong under it
+        raise TrainingStopped(
+            "DeepSpeed (from the accelerate config) is not supported by the sftlab loop yet; use an accelerate "
+            "config without deepspeed and train.distributed: fsdp2 (sharded like ZeRO-3) or ddp",
+            2,
+        )
+    if fsdp2:  # torch's FSDP2 in place (train/distributed.py); the optimizer then holds the shards
+        model = LossHead(lm)  # the root sharded unit: its forward gathers the embeddings, final norm and head
+        shard_fsdp2(model, cpu_offload=t.fsdp_cpu_offload)
+        optimizer = build_optimizer(model, t)
+    else:
+        optimizer = build_optimizer(model, t)
+        model, optimizer = accelerator.prepare(LossHead(lm), optimizer)  # model: the LM + loss, maybe wrapped
     world, rank = accelerator.num_processes, accelerator.process_index
     labels = train_dataset["labels"]
     targets = [count_targets(x) for x in labels]
     plan = build_step_plan(list(train_dataset["length"]), targets, cfg, world, labels=labels)
     del labels
     per_epoch, total_steps = count_steps(plan, cfg)
+    source_loss = SourceLoss.for_dataset(train_dataset, accelerator.device)  # loss/<source> when several
     scheduler = build_scheduler(optimizer, total_steps, t)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     params = [p for p in model.parameters() if p.requires_grad]
@@ -408,13 +445,14 @@ def train(
     if t.resume != "none":
         ckpt = find_latest_valid(ckpt_root) if t.resume == "auto" else Path(t.resume)
         if ckpt is not None:
-            state = load_checkpoint(ckpt, lm, optimizer, scheduler)
+            state = load_checkpoint(ckpt, model if fsdp2 else lm, getattr(optimizer, "optimizer", optimizer), scheduler)
             start_step = state["step"]
             result.losses, result.grad_norms = state["losses"], state["grad_norms"]
             result.tokens, result.trained_tokens = state["tokens"], state["trained_tokens"]
             result.skipped_steps = state.get("skipped_steps", 0)
             result.resumed_from = str(ckpt)
-            restore_metrics(out / "metrics.jsonl", start_step)
+            if accelerator.is_main_process:
+                restore_metrics(out / "metrics.jsonl", start_step)
             if t.progress:
                 print(f"resumed from {ckpt} at step {start_step}")
         elif t.resume != "auto":
@@ -435,14 +473,21 @@ def train(
             "skipped_steps": result.skipped_steps,
         }
         try:
-            save_checkpoint(ckpt_root, step, lm, optimizer, scheduler, state, faults)
+            if world > 1:  # every process writes its shards and RNG state (checkpoint.py)
+                torch_optimizer = getattr(optimizer, "optimizer", optimizer)  # not accelerate's wrapper
+                save_distributed_checkpoint(
+                    ckpt_root, step, model if fsdp2 else lm, torch_optimizer, scheduler, state, faults
+                )
+            else:
+                save_checkpoint(ckpt_root, step, lm, optimizer, scheduler, state, faults)
         except OSError as e:
             raise TrainingStopped(
                 f"could not write checkpoint at step {step} ({e}); the last valid checkpoint "
                 f"is kept in {ckpt_root}. Free disk space, then resume with train.resume=auto",
                 5,
             ) from None
-        prune_checkpoints(ckpt_root, t.keep_last)
+        if accelerator.is_main_process:
+            prune_checkpoints(ckpt_root, t.keep_last)
 
     with _progress(t.progress and accelerator.is_main_process) as bar, GracefulStop() as stop:
         task = bar.add_task("", total=total_steps, completed=start_step)
@@ -455,12 +500,21 @@ def train(
             local_loss, finite = 0.0, True
             for j, (units, weight) in enumerate(mine):
                 batch = {k: v.to(accelerator.device) for k, v in make_batch(train_dataset, plan, units, pad_id).items()}
+                if source_loss is not None and weight:
+                    batch["group_ids"] = source_loss.group_ids(batch, [plan_indices(plan, [u]) for u in units])
                 sync = world == 1 or j == len(mine) - 1  # gradients are all-reduced once per step
                 with contextlib.ExitStack() as stack:
-                    if not sync:
+                    if fsdp2:  # FSDP2's no_sync: keep unsharded gradients until the window's last micro-batch
+                        model.set_requires_gradient_sync(sync)
+                    elif not sync:
                         stack.enter_context(accelerator.no_sync(model))
                     with accelerator.autocast():
-                        loss_sum, _ = forward_loss_sum(model, batch, drop_padding_mask=t.causal_no_pad_mask)
+                        loss_sum, _ = forward_loss_sum(
+                            model,
+                            batch,
+                            drop_padding_mask=t.causal_no_pad_mask,
+                            group_sums=source_loss.sums if source_loss is not None else None,
+                        )
                     loss = faults.loss(step + 1, loss_sum * weight / max(n_window, 1))
                     finite = all_finite(loss, accelerator)
                     if not finite:
@@ -468,6 +522,8 @@ def train(
                     # DDP / FSDP average gradients over processes; scaling by their number makes it a sum
                     accelerator.backward(loss * world)
                 local_loss += float(loss.detach())
+            if source_loss is not None:
+                source_loss.end_step(accelerator)
             step_loss = (
                 float(accelerator.reduce(torch.tensor(local_loss, device=accelerator.device), "sum"))
                 if world > 1
@@ -475,7 +531,7 @@ def train(
             )
             grad_norm = float("nan")
             if finite:
-                grad_norm = float(accelerator.clip_grad_norm_(params, t.max_grad_norm or float("inf")))
+                grad_norm = clip_grad_norm(params, t.max_grad_norm, accelerator, fsdp2)
                 finite = math.isfinite(grad_norm)
             if finite:
                 optimizer.step()
@@ -515,7 +571,13 @@ def train(
                 eval_loss = evaluate_loss(model, eval_dataset, cfg, pad_id, accelerator)
                 result.eval_loss = eval_loss
             task_scores = {}
-            if cfg.eval.tasks and cfg.eval.every_steps and (step + 1) % cfg.eval.every_steps == 0 and not is_last:
+            if (
+                cfg.eval.tasks
+                and cfg.eval.every_steps
+                and (step + 1) % cfg.eval.every_steps == 0
+                and not is_last
+                and not fsdp2  # a sharded model cannot run on the main process alone
+            ):
                 task_scores = evaluate_tasks_now(lm, tokenizer, cfg, accelerator)  # the final card comes after
             if metrics and ((step + 1) % t.log_every_steps == 0 or is_last or eval_loss is not None or task_scores):
                 now = time.perf_counter()
@@ -532,6 +594,8 @@ def train(
                 }
                 if eval_loss is not None:
                     record["eval_loss"] = eval_loss
+                if source_loss is not None:
+                    record.update(source_loss.flush())
                 record.update(task_scores)
                 metrics.write(record)
                 last_log_time, tokens_since_log = now, 0
@@ -557,6 +621,8 @@ def train(
                     3,
                 )
     result.elapsed_s = time.perf_counter() - start
+    if fsdp2:  # consolidate the shards for final/ (every process takes part; the main one gets the tensors)
+        result.full_state_dict = {k.removeprefix("lm."): v for k, v in full_state_dict(model).items()}
     if segment_attention:
         lm.set_attn_implementation("sdpa")  # what the saved model should use
     if metrics:

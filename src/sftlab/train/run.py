@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,14 +28,25 @@ def prepare_output_dir(cfg: Config) -> Path:
 
 
 def load_datasets(cfg: Config, tokenizer, out: Path, progress: bool = True):
-    """(train, eval or None, data report dict): encoded datasets ready for the loop."""
-    from sftlab.data.pipeline import build_dataset
+    """(train, eval or None, data report): encoded datasets ready for the loop.
+
+    Records are held out for eval before the sources are mixed (an up-sampled record is never on both
+    sides); a staged run gets the unmixed training records (each stage mixes its own, train/stages.py).
+    """
+    from sftlab.data.mixing import format_mixture
+    from sftlab.data.pipeline import build_dataset, mix_sources
+    from sftlab.train.stages import is_staged
 
     if not cfg.data.sources:
         raise ConfigError("data.sources is empty: add at least one source, e.g. data.sources: [{path: train.jsonl}]")
     skipped = cfg.data.skipped_file or str(out / "skipped.jsonl")
-    train_ds, report = build_dataset(cfg.data, tokenizer, skipped_path=skipped, progress=progress)
-    reports = {"train": report.to_dict()}
+    data_cfg = cfg.data
+    if data_cfg.clean is not None:  # selection by IFD scores with the base being fine-tuned unless told otherwise
+        from sftlab.data.clean.output import with_default_model
+
+        data_cfg = dataclasses.replace(data_cfg, clean=with_default_model(data_cfg.clean, cfg))
+    train_ds, report = build_dataset(data_cfg, tokenizer, skipped_path=skipped, progress=progress, mix=False)
+    reports: dict = {}
     eval_ds = None
     if cfg.eval.file:
         first = cfg.data.sources[0]
@@ -46,24 +58,50 @@ def load_datasets(cfg: Config, tokenizer, out: Path, progress: bool = True):
                 "limit": None,
                 "weight": None,
                 "count": None,
+                "fraction": None,
             }
         )
-        eval_ds, eval_report = build_dataset(cfg.data, tokenizer, sources=(src,), skipped_path=None, progress=progress)
+        eval_data = dataclasses.replace(cfg.data, clean=None)  # the eval file is never cleaned or selected
+        eval_ds, eval_report = build_dataset(eval_data, tokenizer, sources=(src,), skipped_path=None, progress=progress)
         reports["eval"] = eval_report.to_dict()
     elif cfg.eval.split_ratio > 0:
         split = train_ds.train_test_split(test_size=cfg.eval.split_ratio, seed=cfg.train.seed)
         train_ds, eval_ds = split["train"], split["test"]
     if eval_ds is not None and len(eval_ds) > cfg.eval.max_records:
         eval_ds = eval_ds.select(range(cfg.eval.max_records))
+    if not is_staged(cfg):
+        train_ds, report.mixture = mix_sources(train_ds, cfg.data.sources, cfg.data.mixture)
+        if progress and len(cfg.data.sources) > 1:
+            print(format_mixture(report.mixture))
+    reports = {"train": report.to_dict(), **reports}
     (out / "data_report.json").write_text(json.dumps(reports, indent=2), encoding="utf-8")
     return train_ds, eval_ds, report
 
 
-def save_final(model, tokenizer, path: Path) -> Path:
+def prepare_stages(cfg: Config, train_ds, out: Path):
+    """Plan and mix the stages of a staged run (before any model is loaded: bad stage settings fail fast) and
+    add each stage's mixture to ``data_report.json``."""
+    from sftlab.data.pipeline import _unique_names
+    from sftlab.train.stages import mix_stages, plan_stages
+
+    stages = plan_stages(cfg, _unique_names(cfg.data.sources), out)
+    reports = json.loads((out / "data_report.json").read_text(encoding="utf-8"))
+    reports["stages"] = mix_stages(stages, train_ds)
+    if cfg.train.progress:
+        from sftlab.data.mixing import format_mixture
+
+        for st in stages:
+            print(f"stage {st.index + 1} {st.name}: {format_mixture(st.mixture_report)}")
+    (out / "data_report.json").write_text(json.dumps(reports, indent=2), encoding="utf-8")
+    return stages
+
+
+def save_final(model, tokenizer, path: Path, state_dict: dict | None = None) -> Path:
     """Hugging Face folder (config, safetensors, tokenizer with chat template, generation config), atomically.
 
     For a peft model the folder holds the adapter (``adapter_config.json`` naming the base model,
     ``adapter_model.safetensors``), loadable with ``peft.PeftModel.from_pretrained``. Written to ``path.tmp`` first and renamed, so a crash never leaves a half-written ``final/``.
+    ``state_dict``: the weights to write instead of the model's own (FSDP2: the consolidated full state dict).
     """
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -73,7 +111,7 @@ def save_final(model, tokenizer, path: Path) -> Path:
         eos = sorted(set(eos) | set(gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]))
     gen.eos_token_id = eos[0] if len(eos) == 1 else (eos or None)
     gen.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(tmp)
     if path.exists():
         shutil.rmtree(path)
@@ -90,7 +128,16 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
     from sftlab.model.adapters import apply_lora
     from sftlab.model.load import count_parameters, load_model, load_tokenizer, quantization_config_4bit
     from sftlab.model.select import apply_selection, format_trainable_table, is_active, trainable_table
-    from sftlab.train.loop import build_accelerator, train
+    from sftlab.report.trackers import check_trackers, follow_metrics
+    from sftlab.train.artifacts import (
+        Samples,
+        add_length_histograms,
+        can_generate_on_main,
+        write_report_or_warn,
+        write_status,
+    )
+    from sftlab.train.loop import TrainingStopped, build_accelerator, train
+    from sftlab.train.stages import is_staged, run_stages
 
     progress = cfg.train.progress if progress is None else progress
     t0 = time.perf_counter()
@@ -98,8 +145,17 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
         if not cfg.lora.enabled:
             raise ConfigError("lora.load_in_4bit is QLoRA: set lora.enabled: true too")
         quantization_config_4bit()
+    check_trackers(cfg.train.report_to)  # a missing tracker package fails before any data work
     out = prepare_output_dir(cfg)
     accelerator = build_accelerator(cfg.train.precision)
+    main = accelerator.is_main_process
+    from sftlab.train.distributed import uses_fsdp2
+
+    fsdp2 = uses_fsdp2(cfg.train.distributed, accelerator)
+    if fsdp2 and is_staged(cfg):
+        raise ConfigError("stages (or dmt) with train.distributed fsdp2 are not supported yet; use ddp")
+    if main:
+        write_status(out, "running")
     tokenizer = load_tokenizer(cfg.model)
     # The template used for training is the one saved with the model: inference renders what training saw.
     try:
@@ -110,6 +166,9 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
         # plain-text language modelling renders text + eos and needs no chat template
 
     train_ds, eval_ds, report = load_datasets(cfg, tokenizer, out, progress=progress)
+    stages = prepare_stages(cfg, train_ds, out) if is_staged(cfg) else None
+    if main:
+        add_length_histograms(out, train_ds)
     model = load_model(cfg.model, tokenizer, seed=cfg.train.seed, load_in_4bit=cfg.lora.load_in_4bit)
     if cfg.lora.enabled and is_active(cfg.select):
         raise ConfigError("use either lora.enabled or a select preset/pattern, not both")
@@ -122,14 +181,35 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
     if progress:
         Console().print(format_trainable_table(rows))
     trainable, total = count_parameters(model)
-    result = train(cfg, model, tokenizer, train_ds, eval_ds, out, accelerator=accelerator)
+    # FSDP2 shards the model in place: the main process alone cannot run it after training
+    samples = Samples(cfg, tokenizer, eval_ds, enabled=can_generate_on_main(accelerator) and not fsdp2)
+    samples.before(model, accelerator.device)  # generations on held-out prompts, for the report
+    stage_summaries, train_records = None, len(train_ds)
+    try:
+        with follow_metrics(cfg, out, enabled=main):  # metrics.jsonl -> train.report_to trackers
+            if stages is not None:
+                result, stage_summaries = run_stages(cfg, model, tokenizer, stages, eval_ds, out, accelerator)
+                train_records = sum(len(st.dataset) for st in stages)
+            else:
+                result = train(cfg, model, tokenizer, train_ds, eval_ds, out, accelerator=accelerator)
+    except TrainingStopped:  # stopped on purpose (signal, non-finite steps, disk): report what there is
+        if main:
+            write_status(out, "stopped")
+            if cfg.output.report:
+                write_report_or_warn(out)
+        raise
     final_dir = None
     if cfg.output.save_final and accelerator.is_main_process:
         model = accelerator.unwrap_model(model)
-        final_dir = str(save_final(model, tokenizer, out / "final"))
-        if cfg.lora.enabled and cfg.lora.merge_on_save:
+        final_dir = str(save_final(model, tokenizer, out / "final", state_dict=result.full_state_dict))
+        if cfg.lora.enabled and cfg.lora.merge_on_save and fsdp2:
+            print(f"warning: lora.merge_on_save is skipped under fsdp2; run: sftlab merge --adapter {final_dir}")
+        elif cfg.lora.enabled and cfg.lora.merge_on_save:
             save_final(model.merge_and_unload(), tokenizer, out / "merged")
-    if cfg.eval.tasks and accelerator.is_main_process:
+    samples.after(accelerator.unwrap_model(model), out)  # does nothing off the main process
+    if cfg.eval.tasks and fsdp2 and main:
+        print(f"note: eval.tasks are not scored inside an fsdp2 run; run: sftlab eval --model {final_dir}")
+    if cfg.eval.tasks and accelerator.is_main_process and not fsdp2:
         summary_card = write_run_scorecard(cfg, accelerator.unwrap_model(model), tokenizer, out, progress)
     else:
         summary_card = None
@@ -142,7 +222,7 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
         "eval_loss": result.eval_loss,
         "tokens": result.tokens,
         "trained_tokens": result.trained_tokens,
-        "train_records": len(train_ds),
+        "train_records": train_records,
         "eval_records": len(eval_ds) if eval_ds is not None else 0,
         "trainable_parameters": trainable,
         "total_parameters": total,
@@ -155,8 +235,14 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
         "data": report.to_dict() if hasattr(report, "to_dict") else None,
         "config": to_dict(cfg),
     }
+    if stage_summaries is not None:
+        summary["stages"] = stage_summaries
     if accelerator.is_main_process:
         (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        write_status(out, "done")
+        report_path = write_report_or_warn(out) if cfg.output.report else None
+        if report_path and progress:
+            Console().print(f"report -> {report_path}")
     if accelerator.num_processes > 1:
         accelerator.wait_for_everyone()
         accelerator.state.destroy_process_group()  # shut gloo / nccl down before interpreter exit

@@ -1,0 +1,65 @@
+"""`sftlab train CONFIG --nproc 2` starts two processes itself (torch.distributed.run) and writes one run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+
+def test_cli_nproc_two_fsdp2_writes_one_consolidated_final_model(tmp_path, tiny_tokenizer_dir):
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} + {i}?"},
+                {"role": "assistant", "content": f"{2 * i}."},
+            ]
+        }
+        for i in range(16)
+    ]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {
+        "model": {
+            "tokenizer": str(tiny_tokenizer_dir),
+            "from_scratch": {
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 1,
+            },
+        },
+        "data": {
+            "sources": [{"path": str(tmp_path / "chat.jsonl")}],
+            "max_seq_len": 64,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "train": {"max_steps": 3, "micro_batch_size": 2, "lr": 1e-2, "progress": False, "distributed": "fsdp2"},
+        "eval": {"samples": 0},
+        "output": {"dir": str(tmp_path / "run"), "report": False},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    env = dict(os.environ, OMP_NUM_THREADS="1", SFTLAB_FAULTS="")
+    proc = subprocess.run(
+        [sys.executable, "-m", "sftlab", "train", str(tmp_path / "c.yaml"), "--nproc", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done: 3 steps") == 1, proc.stdout  # the summary line from the main process only
+    run = tmp_path / "run"
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # log_every_steps 10: the last step only
+    # final/ is a plain HF folder with the gathered (not sharded) weights: full shapes (shards would be halves)
+    model = AutoModelForCausalLM.from_pretrained(run / "final")
+    up = model.model.layers[0].mlp.up_proj.weight
+    assert up.shape == (64, 32) and torch.isfinite(up).all()
+    fresh = AutoModelForCausalLM.from_config(model.config)
+    assert model.model.embed_tokens.weight.shape == fresh.model.embed_tokens.weight.shape

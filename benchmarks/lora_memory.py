@@ -13,6 +13,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 
 CONFIGS = {
     "full": [],
@@ -53,7 +54,7 @@ def child(name: str, steps: int, hidden: int, layers: int) -> None:
 
     cfg = load_config(None, [f"train.max_steps={steps}", "train.micro_batch_size=8", "train.progress=false",
                              "train.precision=bf16", "train.lr=1e-4"])
-    res = train(cfg, model, Tok(), ds, output_dir=f"/tmp/sftlab-lora-mem-{name}")
+    res = train(cfg, model, Tok(), ds, output_dir=f"{tempfile.gettempdir()}/sftlab-lora-mem-{name}")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     out = {"config": name, "trainable": trainable, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "tokens_per_s": res.tokens / res.elapsed_s}

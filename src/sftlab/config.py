@@ -441,19 +441,33 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
     return data
 
 
+def read_yaml_mapping(path: str | Path, missing: str, sections: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (``yaml.safe_load`` only; empty file -> ``{}``).
+
+    ``missing``: the error when the file does not exist (``{path}`` is filled in); ``sections``: the keys
+    named when the top level is not a mapping.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(missing.format(path=p))
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping with sections {sections}")
+    return data
+
+
 def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -> Config:
     """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p} (give the path of a YAML file, e.g. examples/sst2.yaml)")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping with sections model, data, train, eval, output")
+        data = read_yaml_mapping(
+            path,
+            missing="config file not found: {path} (give the path of a YAML file, e.g. examples/sst2.yaml)",
+            sections="model, data, train, eval, output",
+        )
     data = apply_overrides(data, overrides)
     return build_dataclass(Config, data)
 

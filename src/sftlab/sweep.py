@@ -28,9 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sftlab.config import Config, ConfigError, build_dataclass, load_config
+from sftlab.config import Config, ConfigError, build_dataclass, load_config, read_yaml_mapping
 
 
 @dataclass(frozen=True)
@@ -59,18 +57,10 @@ class SweepConfig:
 
 
 def load_sweep(path: str | Path) -> SweepConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"sweep file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping (config, out, runs, grid, interpolate)")
+    data = read_yaml_mapping(path, missing="sweep file not found: {path}", sections="config, out, runs, grid, interpolate")
     sweep = build_dataclass(SweepConfig, data, "sweep")
     if not sweep.config:
-        raise ConfigError(f"{p}: set config: to the run config every run starts from")
+        raise ConfigError(f"{Path(path)}: set config: to the run config every run starts from")
     return sweep
 
 

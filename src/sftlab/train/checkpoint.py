@@ -69,6 +69,19 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _publish(tmp: Path, final: Path, step: int) -> None:
+    """Seal a written checkpoint folder: the manifest (sha256 of every file) last, then an atomic rename of
+    ``tmp`` to ``final`` (a previous ``final`` replaced), both directories fsynced."""
+    files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    manifest = {"step": step, "files": {name: _sha256(tmp / name) for name in files}}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: dict, fault=None) -> Path:
     """Write checkpoint ``step`` atomically under ``root``; returns its folder."""
     from safetensors.torch import save_file
@@ -87,14 +100,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: d
         (tmp / "state.json").write_text(json.dumps({**state, "rng": plain_rng}), encoding="utf-8")
         if fault is not None:
             fault.during_checkpoint(step)
-        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        manifest = {"step": step, "files": {name: _sha256(tmp / name) for name in files}}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
+        _publish(tmp, final, step)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -217,14 +223,7 @@ def save_distributed_checkpoint(root: Path, step: int, model, optimizer, schedul
             fault.during_checkpoint(step)
         _barrier()
         if rank == 0:
-            files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-            manifest = {"step": step, "files": {name: _sha256(tmp / name) for name in files}}
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-            _fsync_dir(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(root)
+            _publish(tmp, final, step)
         _barrier()
     except BaseException:
         if rank == 0:

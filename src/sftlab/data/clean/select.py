@@ -71,12 +71,9 @@ def _response_losses(model, rows: list[list[int]], n_scored: list[int], pad_id: 
 def _response_losses_nograd(model, rows, n_scored, pad_id, pool):
     import torch
 
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
+    from sftlab.eval.forward import pad_right
+
+    ids, mask = pad_right(rows, pad_id)
     hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, H)
     # Only the positions that predict a response token go through the LM head: (tokens, vocab), never (B, L, V).
     b_idx, pos, targets, owner = [], [], [], []

@@ -201,8 +201,11 @@ class TrainConfig:
     report_to: tuple[Tracker, ...] = ()  # also log metrics to tensorboard | trackio | wandb | mlflow (a pip extra each)
     run_name: str | None = None  # run name in trackers (default: the output folder's name)
     project: str = "sftlab"  # tracker project (W&B, trackio) / experiment (MLflow)
-    distributed: Literal["auto", "ddp", "fsdp2"] = "auto"  # several processes: auto (DDP, or what an accelerate config sets) | ddp | fsdp2 (parameters, gradients and optimizer state sharded per decoder layer)
+    distributed: Literal["auto", "ddp", "fsdp2", "deepspeed"] = "auto"  # several processes: auto (DDP, or what an accelerate config sets) | ddp | fsdp2 (parameters, gradients and optimizer state sharded per decoder layer) | deepspeed (ZeRO, pip extra)
     fsdp_cpu_offload: bool = False  # fsdp2: keep sharded parameters and optimizer state in CPU memory (GPU runs)
+    deepspeed_stage: Literal[1, 2, 3] = 2  # deepspeed: ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters sharded)
+    deepspeed_offload: bool = False  # deepspeed: ZeRO-Offload, optimizer state (stage 3: parameters too) in CPU memory
+    deepspeed_config: str | None = None  # deepspeed: a DeepSpeed JSON config (zero_optimization etc.) used instead of the two above
     num_processes: int = 1  # sftlab train starts this many processes on this machine (torch.distributed.run); same as --nproc
 
 

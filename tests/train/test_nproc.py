@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
+NO_DEEPSPEED = importlib.util.find_spec("deepspeed") is None
 
-def test_cli_nproc_two_fsdp2_writes_one_consolidated_final_model(tmp_path, tiny_tokenizer_dir):
+
+@pytest.mark.parametrize(
+    "sharding",
+    [
+        {"distributed": "fsdp2"},
+        pytest.param(
+            {"distributed": "deepspeed", "deepspeed_stage": 3},
+            marks=pytest.mark.skipif(NO_DEEPSPEED, reason="DeepSpeed not installed (pip install 'sftlab[deepspeed]')"),
+        ),
+    ],
+    ids=["fsdp2", "deepspeed-zero3"],
+)
+def test_cli_nproc_two_sharded_writes_one_consolidated_final_model(tmp_path, tiny_tokenizer_dir, sharding):
     rows = [
         {
             "messages": [
@@ -39,7 +54,7 @@ def test_cli_nproc_two_fsdp2_writes_one_consolidated_final_model(tmp_path, tiny_
             "max_seq_len": 64,
             "cache_dir": str(tmp_path / "cache"),
         },
-        "train": {"max_steps": 3, "micro_batch_size": 2, "lr": 1e-2, "progress": False, "distributed": "fsdp2"},
+        "train": {"max_steps": 3, "micro_batch_size": 2, "lr": 1e-2, "progress": False, **sharding},
         "eval": {"samples": 0},
         "output": {"dir": str(tmp_path / "run"), "report": False},
     }

@@ -7,8 +7,9 @@ A checkpoint is a folder ``OUTPUT/checkpoints/step-000120/`` holding:
 - ``state.json``: step, token counters, the per-step losses so far, python / numpy RNG states;
   ``rng.safetensors``: torch RNG states. Nothing is unpickled on resume.
 - ``manifest.json``, written last: the sha256 of every file above.
-A multi-process run (DDP, FSDP2) writes ``dcp/`` (sharded weights + optimizer state) and the RNG state
-of every process instead (:func:`save_distributed_checkpoint`).
+A multi-process run writes the RNG state of every process and its sharded weights + optimizer state
+instead (:func:`save_distributed_checkpoint`): ``dcp/`` (torch.distributed.checkpoint) for DDP and FSDP2,
+``deepspeed/`` (DeepSpeed's own partitioned files, which it reads back with pickle) for ZeRO.
 It is written to ``step-000120.tmp`` and renamed, so a crash leaves either nothing or a whole
 checkpoint; one whose manifest is missing or whose checksums fail is ignored with a warning.
 
@@ -149,7 +150,7 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and RNG; returns the saved ``state`` dict."""
     from safetensors.torch import load_file
 
-    if (ckpt / DCP_DIR).is_dir():
+    if (ckpt / DCP_DIR).is_dir() or (ckpt / DS_DIR).is_dir() or _is_engine(model):
         return load_distributed_checkpoint(ckpt, model, optimizer, scheduler)
     tensors = load_file(str(ckpt / "trainable.safetensors"))
     params = dict(model.named_parameters())
@@ -167,6 +168,12 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
 
 
 DCP_DIR = "dcp"
+DS_DIR = "deepspeed"  # sftlab.train.zero.DS_CHECKPOINT_TAG
+
+
+def _is_engine(model) -> bool:
+    """A DeepSpeed engine (it checkpoints itself)."""
+    return hasattr(model, "load_checkpoint") and hasattr(model, "zero_optimization_stage")
 
 
 def _state_dict_options():
@@ -190,11 +197,15 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save_distributed_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: dict, fault=None) -> Path:
-    """Checkpoint ``step`` of a multi-process run (DDP or FSDP2), written by every process together.
+def save_distributed_checkpoint(
+    root: Path, step: int, model, optimizer, scheduler, state: dict, fault=None, engine=None
+) -> Path:
+    """Checkpoint ``step`` of a multi-process run (DDP, FSDP2 or a DeepSpeed ``engine``), written by every
+    process together.
 
     Layout: ``dcp/`` (torch.distributed.checkpoint: each process writes its own shards of the trainable
-    weights and the optimizer state; replicated DDP tensors are written once), ``rng-rank<R>.json`` +
+    weights and the optimizer state; replicated DDP tensors are written once) or, for an ``engine``,
+    ``deepspeed/`` (each process's ZeRO partition, ``engine.save_checkpoint``), ``rng-rank<R>.json`` +
     ``rng-rank<R>.safetensors`` (the RNG state of every process), ``scheduler.pt``, ``state.json`` and, last,
     ``manifest.json`` from the main process once all have finished. Atomic like :func:`save_checkpoint`.
     ``optimizer``: the torch optimizer (not a wrapper). A collective: every process must call it.
@@ -211,8 +222,13 @@ def save_distributed_checkpoint(root: Path, step: int, model, optimizer, schedul
         tmp.mkdir()
     _barrier()
     try:
-        model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_dict_options())
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / DCP_DIR))
+        if engine is not None:
+            from sftlab.train.zero import save_engine_state
+
+            save_engine_state(engine, tmp)
+        else:
+            model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_dict_options())
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / DCP_DIR))
         plain_rng, tensor_rng = rng_state()
         save_file(tensor_rng, str(tmp / f"rng-rank{rank}.safetensors"))
         (tmp / f"rng-rank{rank}.json").write_text(json.dumps(plain_rng), encoding="utf-8")
@@ -234,18 +250,27 @@ def save_distributed_checkpoint(root: Path, step: int, model, optimizer, schedul
 
 def load_distributed_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
     """Restore a :func:`save_distributed_checkpoint` folder: each process loads its own shards (resharded by
-    DCP when the process count changed) and its own RNG state."""
+    DCP when the process count changed) and its own RNG state. ``model``: for a ``deepspeed/`` checkpoint,
+    the DeepSpeed engine."""
     import torch.distributed.checkpoint as dcp
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     rank, world = _rank()
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_dict_options())
-    both = {"model": model_sd, "optim": optim_sd}
-    dcp.load(both, checkpoint_id=str(ckpt / DCP_DIR))
-    set_state_dict(
-        model, optimizer, model_state_dict=both["model"], optim_state_dict=both["optim"], options=_state_dict_options()
-    )
+    if (ckpt / DS_DIR).is_dir():
+        from sftlab.train.zero import load_engine_state
+
+        load_engine_state(model, ckpt)
+    elif _is_engine(model):
+        raise ValueError(f"checkpoint {ckpt} was not written by a DeepSpeed run; resume it with the same train.distributed")
+    else:
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_dict_options())
+        both = {"model": model_sd, "optim": optim_sd}
+        dcp.load(both, checkpoint_id=str(ckpt / DCP_DIR))
+        set_state_dict(
+            model, optimizer, model_state_dict=both["model"], optim_state_dict=both["optim"],
+            options=_state_dict_options(),
+        )
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     state = json.loads((ckpt / "state.json").read_text())
     rng_rank = rank if (ckpt / f"rng-rank{rank}.json").is_file() else 0

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from sftlab.config import Config
+from sftlab.config import Config, TrainConfig
 from sftlab.train.attention import SEGMENT_ATTENTION, register_segment_attention
 from sftlab.train.batches import collate_packed, collate_padded, pack_bfd, plan_windows, split_window
 from sftlab.train.checkpoint import (
@@ -33,6 +33,8 @@ from sftlab.train.distributed import full_state_dict, shard_fsdp2, uses_fsdp2
 from sftlab.train.faults import Faults
 from sftlab.train.loss import LossHead, SourceLoss, forward_loss_sum
 from sftlab.train.optim import build_optimizer, build_scheduler
+from sftlab.train.zero import build_deepspeed_accelerator, engine_step, is_deepspeed, wants_deepspeed
+from sftlab.train.zero import full_state_dict as zero_full_state_dict
 
 
 @dataclass
@@ -202,8 +204,9 @@ def make_batch(dataset, plan: StepPlan, micro_units: list[int], pad_id: int) -> 
     return collate_padded(list(examples), pad_id)
 
 
-def build_accelerator(precision: str):
-    """An ``Accelerator`` for this run's precision.
+def build_accelerator(precision: str, train_cfg: TrainConfig | None = None):
+    """An ``Accelerator`` for this run's precision (and DeepSpeed when ``train_cfg`` asks for it, or an
+    accelerate config does, in a multi-process run).
 
     accelerate keeps its state process-wide; a second run in the same process (tests, sweeps, the demo)
     with another precision would be refused, so the mixed-precision part of the state is reset first.
@@ -213,6 +216,8 @@ def build_accelerator(precision: str):
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
+    if train_cfg is not None and wants_deepspeed(train_cfg):
+        return build_deepspeed_accelerator(train_cfg)
     # cpu=True on a machine without CUDA: accelerate then sets up multi-process CPU (gloo) under torchrun
     return Accelerator(
         mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision], cpu=not torch.cuda.is_available()
@@ -393,7 +398,7 @@ def train(
     out = Path(output_dir or cfg.output.dir)
     out.mkdir(parents=True, exist_ok=True)
     if accelerator is None:
-        accelerator = build_accelerator(t.precision)
+        accelerator = build_accelerator(t.precision, t)
     set_seed(t.seed)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -406,21 +411,16 @@ def train(
     model.train()
     lm = model
     fsdp2 = uses_fsdp2(t.distributed, accelerator)
-    if accelerator.distributed_type == "DEEPSPEED":
-        # DeepSpeed steps its optimizer inside backward (one step per micro-batch here) and returns no grad
-        # norm: the window / token normalisation of this loop would be wrong under it
-        raise TrainingStopped(
-            "DeepSpeed (from the accelerate config) is not supported by the sftlab loop yet; use an accelerate "
-            "config without deepspeed and train.distributed: fsdp2 (sharded like ZeRO-3) or ddp",
-            2,
-        )
+    ds = is_deepspeed(accelerator)  # DeepSpeed ZeRO: the loop drives the engine itself (train/zero.py)
     if fsdp2:  # torch's FSDP2 in place (train/distributed.py); the optimizer then holds the shards
         model = LossHead(lm)  # the root sharded unit: its forward gathers the embeddings, final norm and head
         shard_fsdp2(model, cpu_offload=t.fsdp_cpu_offload)
         optimizer = build_optimizer(model, t)
     else:
         optimizer = build_optimizer(model, t)
+        base_optimizer = optimizer  # DeepSpeed steps it inside its own optimizer; the schedule sets its lr
         model, optimizer = accelerator.prepare(LossHead(lm), optimizer)  # model: the LM + loss, maybe wrapped
+    engine = model if ds else None
     world, rank = accelerator.num_processes, accelerator.process_index
     labels = train_dataset["labels"]
     targets = [count_targets(x) for x in labels]
@@ -428,7 +428,7 @@ def train(
     del labels
     per_epoch, total_steps = count_steps(plan, cfg)
     source_loss = SourceLoss.for_dataset(train_dataset, accelerator.device)  # loss/<source> when several
-    scheduler = build_scheduler(optimizer, total_steps, t)
+    scheduler = build_scheduler(base_optimizer if ds else optimizer, total_steps, t)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     params = [p for p in model.parameters() if p.requires_grad]
     faults = Faults()
@@ -445,7 +445,9 @@ def train(
     if t.resume != "none":
         ckpt = find_latest_valid(ckpt_root) if t.resume == "auto" else Path(t.resume)
         if ckpt is not None:
-            state = load_checkpoint(ckpt, model if fsdp2 else lm, getattr(optimizer, "optimizer", optimizer), scheduler)
+            state = load_checkpoint(
+                ckpt, model if fsdp2 or ds else lm, getattr(optimizer, "optimizer", optimizer), scheduler
+            )
             start_step = state["step"]
             result.losses, result.grad_norms = state["losses"], state["grad_norms"]
             result.tokens, result.trained_tokens = state["tokens"], state["trained_tokens"]
@@ -476,7 +478,7 @@ def train(
             if world > 1:  # every process writes its shards and RNG state (checkpoint.py)
                 torch_optimizer = getattr(optimizer, "optimizer", optimizer)  # not accelerate's wrapper
                 save_distributed_checkpoint(
-                    ckpt_root, step, model if fsdp2 else lm, torch_optimizer, scheduler, state, faults
+                    ckpt_root, step, model if fsdp2 else lm, torch_optimizer, scheduler, state, faults, engine=engine
                 )
             else:
                 save_checkpoint(ckpt_root, step, lm, optimizer, scheduler, state, faults)
@@ -506,6 +508,8 @@ def train(
                 with contextlib.ExitStack() as stack:
                     if fsdp2:  # FSDP2's no_sync: keep unsharded gradients until the window's last micro-batch
                         model.set_requires_gradient_sync(sync)
+                    elif ds:  # ZeRO: the window's last micro-batch is the accumulation boundary
+                        engine.set_gradient_accumulation_boundary(j == len(mine) - 1)
                     elif not sync:
                         stack.enter_context(accelerator.no_sync(model))
                     with accelerator.autocast():
@@ -516,6 +520,10 @@ def train(
                             group_sums=source_loss.sums if source_loss is not None else None,
                         )
                     loss = faults.loss(step + 1, loss_sum * weight / max(n_window, 1))
+                    if ds:  # a non-finite loss makes non-finite gradients: engine.step() skips that update
+                        engine.backward(loss * world)  # not accelerator.backward, which would step each time
+                        local_loss += float(loss.detach())
+                        continue
                     finite = all_finite(loss, accelerator)
                     if not finite:
                         break
@@ -530,12 +538,14 @@ def train(
                 else local_loss
             )
             grad_norm = float("nan")
-            if finite:
+            if ds:  # clip + step, or skip when the gradients are not finite (the engine checks them)
+                finite, grad_norm = engine_step(engine)
+            elif finite:
                 grad_norm = clip_grad_norm(params, t.max_grad_norm, accelerator, fsdp2)
                 finite = math.isfinite(grad_norm)
-            if finite:
+            if finite and not ds:
                 optimizer.step()
-            else:  # skip the update, count it, and name the data that caused it
+            elif not finite:  # skip the update, count it, and name the data that caused it
                 result.skipped_steps += 1
                 sources = sorted(
                     {
@@ -545,10 +555,11 @@ def train(
                         )
                     }
                 )
-                print(
-                    f"warning: step {step + 1}: non-finite loss or gradient norm; update skipped "
-                    f"({result.skipped_steps}/{t.max_skipped_steps}; sources {sources})"
-                )
+                if accelerator.is_main_process:  # all processes agree on the skip; one says so
+                    print(
+                        f"warning: step {step + 1}: non-finite loss or gradient norm; update skipped "
+                        f"({result.skipped_steps}/{t.max_skipped_steps}; sources {sources})"
+                    )
                 if result.skipped_steps >= t.max_skipped_steps:
                     optimizer.zero_grad(set_to_none=True)
                     raise TrainingStopped(
@@ -576,7 +587,7 @@ def train(
                 and cfg.eval.every_steps
                 and (step + 1) % cfg.eval.every_steps == 0
                 and not is_last
-                and not fsdp2  # a sharded model cannot run on the main process alone
+                and not (fsdp2 or ds)  # a sharded model cannot run on the main process alone
             ):
                 task_scores = evaluate_tasks_now(lm, tokenizer, cfg, accelerator)  # the final card comes after
             if metrics and ((step + 1) % t.log_every_steps == 0 or is_last or eval_loss is not None or task_scores):
@@ -621,8 +632,9 @@ def train(
                     3,
                 )
     result.elapsed_s = time.perf_counter() - start
-    if fsdp2:  # consolidate the shards for final/ (every process takes part; the main one gets the tensors)
-        result.full_state_dict = {k.removeprefix("lm."): v for k, v in full_state_dict(model).items()}
+    if fsdp2 or ds:  # consolidate the shards for final/ (every process takes part; the main one gets the tensors)
+        full = zero_full_state_dict(engine) if ds else full_state_dict(model)
+        result.full_state_dict = {k.removeprefix("lm."): v for k, v in full.items()}
     if segment_attention:
         lm.set_attn_implementation("sdpa")  # what the saved model should use
     if metrics:

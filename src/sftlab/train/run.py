@@ -147,13 +147,17 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
         quantization_config_4bit()
     check_trackers(cfg.train.report_to)  # a missing tracker package fails before any data work
     out = prepare_output_dir(cfg)
-    accelerator = build_accelerator(cfg.train.precision)
+    accelerator = build_accelerator(cfg.train.precision, cfg.train)
     main = accelerator.is_main_process
     from sftlab.train.distributed import uses_fsdp2
+    from sftlab.train.zero import is_deepspeed
 
+    # sharded: the main process alone cannot run the model after training (FSDP2, DeepSpeed ZeRO)
     fsdp2 = uses_fsdp2(cfg.train.distributed, accelerator)
-    if fsdp2 and is_staged(cfg):
-        raise ConfigError("stages (or dmt) with train.distributed fsdp2 are not supported yet; use ddp")
+    sharded = fsdp2 or is_deepspeed(accelerator)
+    engine_name = "fsdp2" if fsdp2 else "deepspeed"
+    if sharded and is_staged(cfg):
+        raise ConfigError(f"stages (or dmt) with train.distributed {engine_name} are not supported yet; use ddp")
     if main:
         write_status(out, "running")
     tokenizer = load_tokenizer(cfg.model)
@@ -181,8 +185,7 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
     if progress:
         Console().print(format_trainable_table(rows))
     trainable, total = count_parameters(model)
-    # FSDP2 shards the model in place: the main process alone cannot run it after training
-    samples = Samples(cfg, tokenizer, eval_ds, enabled=can_generate_on_main(accelerator) and not fsdp2)
+    samples = Samples(cfg, tokenizer, eval_ds, enabled=can_generate_on_main(accelerator) and not sharded)
     samples.before(model, accelerator.device)  # generations on held-out prompts, for the report
     stage_summaries, train_records = None, len(train_ds)
     try:
@@ -202,14 +205,14 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
     if cfg.output.save_final and accelerator.is_main_process:
         model = accelerator.unwrap_model(model)
         final_dir = str(save_final(model, tokenizer, out / "final", state_dict=result.full_state_dict))
-        if cfg.lora.enabled and cfg.lora.merge_on_save and fsdp2:
-            print(f"warning: lora.merge_on_save is skipped under fsdp2; run: sftlab merge --adapter {final_dir}")
+        if cfg.lora.enabled and cfg.lora.merge_on_save and sharded:
+            print(f"warning: lora.merge_on_save is skipped under {engine_name}; run: sftlab merge --adapter {final_dir}")
         elif cfg.lora.enabled and cfg.lora.merge_on_save:
             save_final(model.merge_and_unload(), tokenizer, out / "merged")
     samples.after(accelerator.unwrap_model(model), out)  # does nothing off the main process
-    if cfg.eval.tasks and fsdp2 and main:
-        print(f"note: eval.tasks are not scored inside an fsdp2 run; run: sftlab eval --model {final_dir}")
-    if cfg.eval.tasks and accelerator.is_main_process and not fsdp2:
+    if cfg.eval.tasks and sharded and main:
+        print(f"note: eval.tasks are not scored inside a {engine_name} run; run: sftlab eval --model {final_dir}")
+    if cfg.eval.tasks and accelerator.is_main_process and not sharded:
         summary_card = write_run_scorecard(cfg, accelerator.unwrap_model(model), tokenizer, out, progress)
     else:
         summary_card = None

@@ -1,7 +1,7 @@
 """Run a small deterministic training in its own process (kill / resume and multi-process tests).
 
 usage: python train_driver.py OUT_DIR [override ...]   (overrides as for --set; `lora=1` adds LoRA,
-`lora_nodrop=1` LoRA without dropout)
+`lora_nodrop=1` LoRA without dropout; `select.*` overrides train only the selected tensors)
 Writes OUT_DIR/final.safetensors (all parameters) at the end; exit code as the CLI's.
 """
 
@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from sftlab.config import LoraConfig, load_config
 from sftlab.model.adapters import apply_lora
+from sftlab.model.select import apply_selection, is_active
 from sftlab.model.tiny import build_tiny_llama
 from sftlab.train.loop import TrainingStopped, train
 
@@ -56,6 +57,8 @@ def main() -> int:
     model = build_tiny_llama(VOCAB, seed=0)
     if lora:
         model = apply_lora(model, LoraConfig(enabled=True, r=4, alpha=8, dropout=dropout))
+    elif is_active(cfg.select):
+        apply_selection(model, cfg.select)
 
     class Tok:
         pad_token_id = 0

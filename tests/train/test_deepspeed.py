@@ -112,7 +112,11 @@ def test_accelerate_config_settings_and_when_deepspeed_is_used():
 
 
 @needs_deepspeed
-@pytest.mark.parametrize("case", [[], ["data.packing=true", "data.max_seq_len=48"]], ids=["padded", "packed"])
+@pytest.mark.parametrize(
+    "case",
+    [[], ["data.packing=true", "data.max_seq_len=48"], ["train.deepspeed_offload=true", "model.gradient_checkpointing=true"]],
+    ids=["padded", "packed", "offload+checkpointing"],
+)
 def test_zero2_two_processes_equal_one(tmp_path, case):
     torchrun(tmp_path / "one", 1, "train.micro_batch_size=4", *case)
     torchrun(tmp_path / "two", 2, *DS, "train.deepspeed_stage=2", *case)

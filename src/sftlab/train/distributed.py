@@ -46,7 +46,8 @@ def shard_fsdp2(model, cpu_offload: bool = False) -> int:
 
     if isinstance(model, FSDPModule):
         return 0
-    kwargs = {"offload_policy": CPUOffloadPolicy()} if cpu_offload else {}
+    # pinned host memory speeds the GPU copies; without a GPU there is nothing to pin for (and torch refuses)
+    kwargs = {"offload_policy": CPUOffloadPolicy(pin_memory=torch.cuda.is_available())} if cpu_offload else {}
     layers = decoder_layers(model)
     for layer in layers:
         fully_shard(layer, **kwargs)

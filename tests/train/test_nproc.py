@@ -55,7 +55,7 @@ def test_cli_nproc_two_sharded_writes_one_consolidated_final_model(tmp_path, tin
             "cache_dir": str(tmp_path / "cache"),
         },
         "train": {"max_steps": 3, "micro_batch_size": 2, "lr": 1e-2, "progress": False, **sharding},
-        "eval": {"samples": 0},
+        "eval": {"samples": 0, "split_ratio": 0.25},  # eval loss on 4 held-out records, every process
         "output": {"dir": str(tmp_path / "run"), "report": False},
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
@@ -70,7 +70,9 @@ def test_cli_nproc_two_sharded_writes_one_consolidated_final_model(tmp_path, tin
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("done: 3 steps") == 1, proc.stdout  # the summary line from the main process only
     run = tmp_path / "run"
-    assert json.loads((run / "summary.json").read_text())["steps"] == 3
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["eval_records"] == 4
+    assert 0 < summary["eval_loss"] < 20
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # log_every_steps 10: the last step only
     # final/ is a plain HF folder with the gathered (not sharded) weights: full shapes (shards would be halves)
     model = AutoModelForCausalLM.from_pretrained(run / "final")

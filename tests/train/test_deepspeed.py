@@ -74,6 +74,13 @@ def test_user_json_config_keeps_its_engine_settings_and_refuses_loop_owned_keys(
     path.write_text(json.dumps({"zero_optimization": {"stage": 2}, "gradient_accumulation_steps": 4, "optimizer": {}}))
     with pytest.raises(ConfigError, match=r"gradient_accumulation_steps, optimizer.*train\.grad_accum.*auto"):
         deepspeed_config(TrainConfig(deepspeed_config=str(path)))
+    path.write_text(json.dumps({"fp16": {"loss_scale_window": 500}, "bf16": {"enabled": "auto"}}))
+    c = deepspeed_config(TrainConfig(deepspeed_config=str(path), precision="fp16"))
+    assert c["fp16"] == {"loss_scale_window": 500, "enabled": True} and c["bf16"] == {"enabled": False}
+    assert c["communication_data_type"] == "fp32" and c["data_types"] == {"grad_accum_dtype": "fp32"}
+    path.write_text(json.dumps({"bf16": {"enabled": True}}))
+    with pytest.raises(ConfigError, match=r"bf16\.enabled: train\.precision"):
+        deepspeed_config(TrainConfig(deepspeed_config=str(path), precision="fp32"))
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         deepspeed_config(TrainConfig(deepspeed_config=str(path)))
@@ -99,10 +106,15 @@ def test_accelerate_config_settings_and_when_deepspeed_is_used():
         os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
         os.environ["WORLD_SIZE"] = "1"
         assert not wants_deepspeed(ds)  # one process: plain training, nothing to shard
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        assert not wants_deepspeed(TrainConfig())  # a DeepSpeed accelerate config with one process: set aside
+        assert "ACCELERATE_USE_DEEPSPEED" not in os.environ  # so accelerate builds no engine either
         os.environ["WORLD_SIZE"] = "2"
         assert wants_deepspeed(ds) and not wants_deepspeed(TrainConfig())
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # accelerate launch with a DeepSpeed config
         assert wants_deepspeed(TrainConfig())
+        with pytest.raises(ConfigError, match="selects DeepSpeed but train.distributed is fsdp2"):
+            wants_deepspeed(replace(TrainConfig(), distributed="fsdp2"))
     finally:
         for k, v in env_backup.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -142,10 +154,24 @@ def test_zero2_resume_after_kill_is_exact(tmp_path):
 
 
 @needs_deepspeed
-def test_zero3_lora_two_processes_equal_one(tmp_path):
+def test_zero3_lora_from_json_config_equals_one_and_resumes(tmp_path):
+    """ZeRO-3 from a DeepSpeed JSON whose bucket sizes are "auto" (filled from the model's hidden size), with
+    LoRA: equal to one process; killed at its second checkpoint (frozen base left out of it), it resumes
+    bitwise."""
+    ds_json = tmp_path / "ds.json"
+    auto = ["reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"]
+    ds_json.write_text(json.dumps({"zero_optimization": {"stage": 3, **{k: "auto" for k in auto}}}))
+    args = [*DS, f"train.deepspeed_config={ds_json}", "lora_nodrop=1", "train.save_every_steps=4"]
     torchrun(tmp_path / "one", 1, "train.micro_batch_size=4", "lora_nodrop=1")
-    torchrun(tmp_path / "two", 2, *DS, "train.deepspeed_stage=3", "lora_nodrop=1")
+    torchrun(tmp_path / "two", 2, *args)
     assert_same_run(tmp_path / "one", tmp_path / "two")
+    killed = torchrun(tmp_path / "res", 2, *args, faults="kill_in_checkpoint=8", check=False)
+    assert killed.returncode != 0
+    torchrun(tmp_path / "res", 2, *args, "train.resume=auto")
+    assert losses(tmp_path / "res") == losses(tmp_path / "two")
+    wr, wb = weights(tmp_path / "res"), weights(tmp_path / "two")
+    for name in wb:
+        assert torch.equal(wr[name], wb[name]), name
 
 
 @needs_deepspeed

@@ -27,7 +27,10 @@ NO_DEEPSPEED = importlib.util.find_spec("deepspeed") is None
     ],
     ids=["fsdp2", "deepspeed-zero3"],
 )
-def test_cli_nproc_two_sharded_writes_one_consolidated_final_model(tmp_path, tiny_tokenizer_dir, sharding):
+def test_cli_nproc_two_sharded_writes_one_consolidated_final_model(tmp_path, tiny_tokenizer_dir, tiny_model, sharding):
+    """From a pretrained folder (ZeRO-3 loads it partitioned, through zero.Init): parameter counts, training and
+    the consolidated final/ are those of the whole model."""
+    tiny_model.save_pretrained(tmp_path / "base")
     rows = [
         {
             "messages": [
@@ -39,16 +42,7 @@ def test_cli_nproc_two_sharded_writes_one_consolidated_final_model(tmp_path, tin
     ]
     (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = {
-        "model": {
-            "tokenizer": str(tiny_tokenizer_dir),
-            "from_scratch": {
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "num_key_value_heads": 1,
-            },
-        },
+        "model": {"name_or_path": str(tmp_path / "base"), "tokenizer": str(tiny_tokenizer_dir)},
         "data": {
             "sources": [{"path": str(tmp_path / "chat.jsonl")}],
             "max_seq_len": 64,
@@ -75,8 +69,9 @@ def test_cli_nproc_two_sharded_writes_one_consolidated_final_model(tmp_path, tin
     assert 0 < summary["eval_loss"] < 20
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # log_every_steps 10: the last step only
     # final/ is a plain HF folder with the gathered (not sharded) weights: full shapes (shards would be halves)
+    n_params = sum(p.numel() for p in tiny_model.parameters())
+    assert summary["trainable_parameters"] == summary["total_parameters"] == n_params  # not partition sizes
     model = AutoModelForCausalLM.from_pretrained(run / "final")
-    up = model.model.layers[0].mlp.up_proj.weight
-    assert up.shape == (64, 32) and torch.isfinite(up).all()
-    fresh = AutoModelForCausalLM.from_config(model.config)
-    assert model.model.embed_tokens.weight.shape == fresh.model.embed_tokens.weight.shape
+    up, up0 = model.model.layers[0].mlp.up_proj.weight, tiny_model.model.layers[0].mlp.up_proj.weight
+    assert up.shape == up0.shape and torch.isfinite(up).all() and not torch.equal(up, up0)  # whole, and trained
+    assert model.model.embed_tokens.weight.shape == tiny_model.model.embed_tokens.weight.shape

@@ -130,8 +130,18 @@ def load_model(cfg: ModelConfig, tokenizer, seed: int = 0, load_in_4bit: bool = 
     return model
 
 
+def param_numel(p) -> int:
+    """Elements of a parameter, also when DeepSpeed ZeRO-3 has partitioned it (its local tensor is empty)."""
+    return int(getattr(p, "ds_numel", p.numel()))
+
+
+def param_shape(p) -> tuple[int, ...]:
+    """Shape of a parameter, also when DeepSpeed ZeRO-3 has partitioned it."""
+    return tuple(getattr(p, "ds_shape", p.shape))
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(param_numel(p) for p in model.parameters())
+    trainable = sum(param_numel(p) for p in model.parameters() if p.requires_grad)
     return trainable, total

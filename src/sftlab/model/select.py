@@ -17,6 +17,7 @@ import re
 from collections import defaultdict
 
 from sftlab.config import ConfigError, SelectConfig
+from sftlab.model.load import param_numel
 
 LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 ATTN_RE = re.compile(r"\.(self_attn|attention|attn)\.")
@@ -128,9 +129,9 @@ def trainable_table(model) -> list[dict]:
             continue
         seen.add(id(p))
         g = groups[group_of(name)]
-        g[1] += p.numel()
+        g[1] += param_numel(p)
         if p.requires_grad:
-            g[0] += p.numel()
+            g[0] += param_numel(p)
     rows = [
         {"group": k, "trainable": v[0], "total": v[1], "percent": round(100 * v[0] / max(v[1], 1), 3)}
         for k, v in sorted(groups.items())

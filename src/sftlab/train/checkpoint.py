@@ -250,17 +250,18 @@ def save_distributed_checkpoint(
 
 def load_distributed_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
     """Restore a :func:`save_distributed_checkpoint` folder: each process loads its own shards (resharded by
-    DCP when the process count changed) and its own RNG state. ``model``: for a ``deepspeed/`` checkpoint,
-    the DeepSpeed engine."""
+    DCP when the process count changed; DeepSpeed needs the same count) and its own RNG state. ``model``: for
+    a ``deepspeed/`` checkpoint, the DeepSpeed engine."""
     import torch.distributed.checkpoint as dcp
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     rank, world = _rank()
+    state = json.loads((ckpt / "state.json").read_text())
     if (ckpt / DS_DIR).is_dir():
         from sftlab.train.zero import load_engine_state
 
-        load_engine_state(model, ckpt)
+        load_engine_state(model, ckpt, state.get("world"))
     elif _is_engine(model):
         raise ValueError(f"checkpoint {ckpt} was not written by a DeepSpeed run; resume it with the same train.distributed")
     else:
@@ -272,7 +273,6 @@ def load_distributed_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict
             options=_state_dict_options(),
         )
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
-    state = json.loads((ckpt / "state.json").read_text())
     rng_rank = rank if (ckpt / f"rng-rank{rank}.json").is_file() else 0
     if rng_rank != rank or state.get("world", world) != world:
         print(

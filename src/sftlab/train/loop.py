@@ -45,6 +45,7 @@ class RunResult:
     grad_norms: list[float] = field(default_factory=list)
     eval_loss: float | None = None
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
+    loss_scale_skips: int = 0  # DeepSpeed fp16: updates skipped while the dynamic loss scale came down
     resumed_from: str | None = None
     startup_s: float = 0.0  # from entering train() to the first step (includes loading a checkpoint)
     packing_fill: float = 1.0  # share of packed row capacity used by real tokens
@@ -53,7 +54,7 @@ class RunResult:
     tokens: int = 0  # real (non-padding) tokens processed
     trained_tokens: int = 0  # tokens with a loss
     elapsed_s: float = 0.0
-    # FSDP2: the trained weights gathered on the main process (plain CPU tensors), for saving ``final/``
+    # FSDP2 / DeepSpeed: the trained weights gathered on the main process (plain CPU tensors), for ``final/``
     full_state_dict: dict | None = field(default=None, repr=False)
 
     @property
@@ -540,6 +541,10 @@ def train(
             grad_norm = float("nan")
             if ds:  # clip + step, or skip when the gradients are not finite (the engine checks them)
                 finite, grad_norm = engine_step(engine)
+                if not finite and t.precision == "fp16" and math.isfinite(step_loss):
+                    # fp16's dynamic loss scale overflowed and was lowered: routine, not a data problem
+                    result.loss_scale_skips += 1
+                    finite = True
             elif finite:
                 grad_norm = clip_grad_norm(params, t.max_grad_norm, accelerator, fsdp2)
                 finite = math.isfinite(grad_norm)

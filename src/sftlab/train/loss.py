@@ -52,6 +52,11 @@ class LossHead(torch.nn.Module):
         self.lm = lm
         self.chunk_size = chunk_size
 
+    @property
+    def config(self):
+        """The LM's config (DeepSpeed fills a JSON config's "auto" bucket sizes from its hidden size)."""
+        return self.lm.config
+
     def forward(
         self,
         input_ids,

@@ -7,6 +7,7 @@ import math
 import torch
 
 from sftlab.config import TrainConfig
+from sftlab.model.load import param_shape
 
 
 def build_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -19,7 +20,7 @@ def build_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or id(p) in embeddings or "norm" in name.lower():
+        if len(param_shape(p)) < 2 or id(p) in embeddings or "norm" in name.lower():  # ZeRO-3: p may be empty
             no_decay.append(p)
         else:
             decay.append(p)

@@ -39,17 +39,28 @@ OWNED = {
     "gradient_clipping": "train.max_grad_norm",
     "optimizer": "train.lr / weight_decay / adam_betas (sftlab builds AdamW)",
     "scheduler": "train.scheduler / warmup (sftlab's schedule)",
-    "fp16": "train.precision",
-    "bf16": "train.precision",
 }
+PRECISION_SECTIONS = ("fp16", "bf16")  # allowed (loss-scale settings, ...), but "enabled" follows train.precision
 
 
 def wants_deepspeed(t: TrainConfig) -> bool:
     """Whether this (multi-process) run uses DeepSpeed: asked for in the sftlab config, or by an accelerate
-    config (``accelerate launch`` with ``distributed_type: DEEPSPEED`` sets ``ACCELERATE_USE_DEEPSPEED``)."""
+    config (``accelerate launch`` with ``distributed_type: DEEPSPEED`` sets ``ACCELERATE_USE_DEEPSPEED``).
+
+    One process never does (nothing to shard): an accelerate DeepSpeed config is then set aside with a note.
+    """
+    from_launcher = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
     if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        if from_launcher:
+            print("note: one process: the accelerate DeepSpeed config is not used (nothing to shard)")
+            os.environ.pop("ACCELERATE_USE_DEEPSPEED")  # or accelerate would build an engine for one process
         return False
-    return t.distributed == "deepspeed" or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    if from_launcher and t.distributed in ("ddp", "fsdp2"):
+        raise ConfigError(
+            f"the accelerate config selects DeepSpeed but train.distributed is {t.distributed}; use an accelerate "
+            f"config without DeepSpeed (examples/accelerate/{t.distributed}.yaml) or train.distributed: deepspeed"
+        )
+    return t.distributed == "deepspeed" or from_launcher
 
 
 def launcher_settings(t: TrainConfig, env=os.environ) -> TrainConfig:
@@ -99,13 +110,22 @@ def deepspeed_config(t: TrainConfig) -> dict:
         if not isinstance(user, dict):
             raise ConfigError(f"train.deepspeed_config: {path} must hold a JSON object")
         clashes = [k for k in OWNED if k in user and user[k] != "auto"]
+        for k in PRECISION_SECTIONS:
+            section = user.get(k)
+            if section is not None and not isinstance(section, dict):
+                raise ConfigError(f"train.deepspeed_config: {path}: {k} must be an object")
+            if section and section.get("enabled", "auto") not in ("auto", k == t.precision):
+                clashes.append(f"{k}.enabled")
         if clashes:
             raise ConfigError(
                 f"train.deepspeed_config: {path} sets {', '.join(clashes)}; sftlab sets these from its own config ("
-                + "; ".join(f"{k}: {OWNED[k]}" for k in clashes)
+                + "; ".join(f"{k}: {OWNED.get(k, 'train.precision')}" for k in clashes)
                 + '). Remove them or set them to "auto"'
             )
         config = {k: v for k, v in user.items() if k not in OWNED}
+        for k in PRECISION_SECTIONS:
+            if k in config:
+                config[k] = {**config[k], "enabled": k == t.precision}
     else:
         zero: dict = {"stage": t.deepspeed_stage}
         if t.deepspeed_offload:
@@ -115,6 +135,11 @@ def deepspeed_config(t: TrainConfig) -> dict:
         config = {"zero_optimization": zero}
     if "zero_optimization" in config and "offload_optimizer" in config["zero_optimization"]:
         config.setdefault("zero_force_ds_cpu_optimizer", False)  # sftlab's AdamW on offloaded state
+    if t.precision in ("bf16", "fp16"):
+        # DeepSpeed runs 16-bit weights (fp32 masters in the optimizer) and would also accumulate the window's
+        # gradients and reduce them between processes in 16 bits; keep both in fp32, as DDP / FSDP2 do here
+        config.setdefault("communication_data_type", "fp32")
+        config.setdefault("data_types", {"grad_accum_dtype": "fp32"})
     config.update(
         train_micro_batch_size_per_gpu=t.micro_batch_size,  # only DeepSpeed's own throughput log reads it
         gradient_accumulation_steps=1,  # the loop marks the window's boundary itself
@@ -148,7 +173,11 @@ def build_deepspeed_accelerator(t: TrainConfig):
         # accelerate picks a backend only for GPU-like devices; DeepSpeed's CPU accelerator uses gloo
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[t.precision]
-    return Accelerator(mixed_precision=mixed, deepspeed_plugin=plugin, kwargs_handlers=handlers)
+    before = os.environ.get("ACCELERATE_USE_DEEPSPEED")
+    accelerator = Accelerator(mixed_precision=mixed, deepspeed_plugin=plugin, kwargs_handlers=handlers)
+    if before is None:  # accelerate sets it process-wide; a later run in this process decides afresh
+        os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+    return accelerator
 
 
 def is_deepspeed(accelerator) -> bool:
@@ -200,17 +229,28 @@ def full_state_dict(engine) -> dict[str, torch.Tensor]:
 
 
 def save_engine_state(engine, folder: Path) -> None:
-    """Each process writes its ZeRO partition of weights and optimizer state (DeepSpeed's checkpoint)."""
-    engine.save_checkpoint(str(folder), tag=DS_CHECKPOINT_TAG, save_latest=False)
+    """Each process writes its ZeRO partition of weights and optimizer state (DeepSpeed's checkpoint);
+    frozen tensors (LoRA's base) are left out: they are rebuilt from the base model."""
+    engine.save_checkpoint(str(folder), tag=DS_CHECKPOINT_TAG, save_latest=False, exclude_frozen_parameters=True)
 
 
-def load_engine_state(engine, folder: Path) -> None:
+def load_engine_state(engine, folder: Path, saved_world: int | None = None) -> None:
     if not hasattr(engine, "load_checkpoint"):
         raise ValueError(
             f"checkpoint {folder} was written by a DeepSpeed run; resume it with train.distributed: deepspeed"
         )
+    world = torch.distributed.get_world_size()
+    if saved_world is not None and saved_world != world:
+        raise ValueError(
+            f"checkpoint {folder} holds the ZeRO partitions of {saved_world} processes; DeepSpeed cannot load them "
+            f"into {world}: resume with {saved_world} processes (--nproc {saved_world})"
+        )
     path, _ = engine.load_checkpoint(
-        str(folder), tag=DS_CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+        str(folder),
+        tag=DS_CHECKPOINT_TAG,
+        load_optimizer_states=True,
+        load_lr_scheduler_states=False,
+        load_module_strict=False,  # frozen tensors were not saved
     )
     if path is None:
         raise ValueError(f"checkpoint {folder}: DeepSpeed could not load {DS_CHECKPOINT_TAG}/")

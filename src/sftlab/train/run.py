@@ -232,6 +232,8 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
         "train_time_s": round(result.elapsed_s, 2),
         "total_time_s": round(time.perf_counter() - t0, 2),
         "tokens_per_s": round(result.tokens / max(result.elapsed_s, 1e-9), 1),
+        "skipped_steps": result.skipped_steps,  # updates skipped for a non-finite loss or gradient
+        "loss_scale_skips": result.loss_scale_skips,  # DeepSpeed fp16: while the loss scale came down
         "packing_fill": round(result.packing_fill, 4),
         "split_sequences": result.split_sequences,
         "pieces_without_targets": result.pieces_without_targets,

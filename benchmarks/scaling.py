@@ -28,29 +28,15 @@ from pathlib import Path
 
 import yaml
 
+from sftlab.demo import write_text_corpus
+
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = ("data/text/wikitext-2-valid.txt", "data/text/tinyshakespeare.txt")
 SHAPES = {
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True),
     "tiny": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True),
 }  # fmt: skip
-
-
-def prepare(work: Path, vocab: int) -> tuple[Path, Path]:
-    """A BPE tokenizer and a text corpus (one record per ~1,000 characters) from the bundled text."""
-    from sftlab.demo import chunk_text
-    from sftlab.model.tiny import train_bpe_tokenizer
-
-    texts = [(ROOT / rel).read_text(encoding="utf-8").splitlines(keepends=True) for rel in TEXTS]
-    tok = train_bpe_tokenizer((line for t in texts for line in t), vocab_size=vocab)
-    tok.save_pretrained(work / "tokenizer")
-    corpus = work / "corpus.jsonl"
-    with open(corpus, "w", encoding="utf-8") as f:
-        for record in (r for t in texts for r in chunk_text(t)):
-            f.write(json.dumps({"text": record}) + "\n")
-    return work / "tokenizer", corpus
 
 
 def run_config(work: Path, tokenizer: Path, corpus: Path, args) -> Path:
@@ -111,7 +97,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="sftlab-scaling-") as tmp:
         work = Path(tmp)
-        tokenizer, corpus = prepare(work, args.vocab)
+        tokenizer, corpus, _ = write_text_corpus(ROOT, work, args.vocab)
         config = run_config(work, tokenizer, corpus, args)
         runs: dict[tuple[int, str], list[float]] = {}
         for r in range(args.repeats):

@@ -56,9 +56,24 @@ def _recipe_hash(root: Path, quick: bool) -> str:
     return h.hexdigest()[:16]
 
 
+def write_text_corpus(root: Path, out: Path, vocab_size: int) -> tuple[Path, Path, int]:
+    """From the bundled text (``BASE_TEXT``): a BPE tokenizer of ``vocab_size`` tokens in ``out/tokenizer``
+    and ``out/corpus.jsonl`` (one ``{"text"}`` record per ~1,000 characters). Returns (tokenizer folder,
+    corpus file, records)."""
+    from sftlab.model.tiny import train_bpe_tokenizer
+
+    texts = [(root / "data" / rel).read_text(encoding="utf-8").splitlines(keepends=True) for rel in BASE_TEXT]
+    tok = train_bpe_tokenizer((line for t in texts for line in t), vocab_size=vocab_size)
+    tok.save_pretrained(out / "tokenizer")
+    records = [r for t in texts for r in chunk_text(t)]
+    with open(out / "corpus.jsonl", "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps({"text": r}) + "\n")
+    return out / "tokenizer", out / "corpus.jsonl", len(records)
+
+
 def build_tiny_base(root: Path, cache: Path, rebuild: bool = False, quick: bool = False) -> Path:
     """Tokenizer + LM pretraining of the tiny base (``examples/tiny_base.yaml``); cached by recipe hash."""
-    from sftlab.model.tiny import train_bpe_tokenizer
     from sftlab.train.run import run_training
 
     base = cache / ("tiny-base-quick" if quick else "tiny-base")
@@ -69,24 +84,18 @@ def build_tiny_base(root: Path, cache: Path, rebuild: bool = False, quick: bool 
         return final
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    texts = [(root / "data" / rel).read_text(encoding="utf-8").splitlines(keepends=True) for rel in BASE_TEXT]
     print("tiny base: training a 4,096-token BPE tokenizer on WikiText-2 valid + Tiny Shakespeare ...")
-    tok = train_bpe_tokenizer((line for t in texts for line in t), vocab_size=4096)
-    tok.save_pretrained(base / "tokenizer")
-    records = [r for t in texts for r in chunk_text(t)]
-    with open(base / "corpus.jsonl", "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps({"text": r}) + "\n")
+    tokenizer, corpus, n_records = write_text_corpus(root, base, vocab_size=4096)
     overrides = [
-        f"model.tokenizer={base / 'tokenizer'}",
-        f"data.sources.0.path={base / 'corpus.jsonl'}",
+        f"model.tokenizer={tokenizer}",
+        f"data.sources.0.path={corpus}",
         f"output.dir={base / 'run'}",
         f"data.cache_dir={cache / 'data'}",
     ]
     if quick:
         overrides += ["train.max_steps=30", "data.sources.0.limit=600"]
     cfg = load_config(root / "examples" / "tiny_base.yaml", overrides)
-    print(f"tiny base: language-model training on {len(records):,} records (cached once built) ...")
+    print(f"tiny base: language-model training on {n_records:,} records (cached once built) ...")
     summary = run_training(cfg)
     stamp.write_text(json.dumps({"hash": key, "summary": {k: summary[k] for k in ("steps", "train_loss", "eval_loss")}}))
     return final

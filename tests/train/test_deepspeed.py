@@ -21,7 +21,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_distributed import DRIVER, losses, torchrun, weights
+from test_distributed import (
+    DRIVER,
+    assert_resumes_bitwise,
+    kill_in_second_checkpoint,
+    losses,
+    torchrun,
+    weights,
+)
 
 from sftlab.config import ConfigError, TrainConfig
 from sftlab.train import zero
@@ -141,16 +148,8 @@ def test_zero2_resume_after_kill_is_exact(tmp_path):
     partition) and ends bitwise equal to the uninterrupted run."""
     args = [*DS, "train.deepspeed_stage=2", "train.save_every_steps=4"]
     torchrun(tmp_path / "two", 2, *args)
-    killed = torchrun(tmp_path / "res", 2, *args, faults="kill_in_checkpoint=8", check=False)
-    assert killed.returncode != 0
-    ckpts = tmp_path / "res" / "checkpoints"
-    assert (ckpts / "step-000004" / "manifest.json").is_file() and not (ckpts / "step-000008").exists()
-    assert (ckpts / "step-000004" / "deepspeed").is_dir()
-    torchrun(tmp_path / "res", 2, *args, "train.resume=auto")
-    assert losses(tmp_path / "res") == losses(tmp_path / "two")
-    wr, wb = weights(tmp_path / "res"), weights(tmp_path / "two")
-    for name in wb:
-        assert torch.equal(wr[name], wb[name]), name
+    assert (kill_in_second_checkpoint(tmp_path / "res", *args) / "deepspeed").is_dir()
+    assert_resumes_bitwise(tmp_path / "res", tmp_path / "two", *args)
 
 
 @needs_deepspeed
@@ -165,13 +164,8 @@ def test_zero3_lora_from_json_config_equals_one_and_resumes(tmp_path):
     torchrun(tmp_path / "one", 1, "train.micro_batch_size=4", "lora_nodrop=1")
     torchrun(tmp_path / "two", 2, *args)
     assert_same_run(tmp_path / "one", tmp_path / "two")
-    killed = torchrun(tmp_path / "res", 2, *args, faults="kill_in_checkpoint=8", check=False)
-    assert killed.returncode != 0
-    torchrun(tmp_path / "res", 2, *args, "train.resume=auto")
-    assert losses(tmp_path / "res") == losses(tmp_path / "two")
-    wr, wb = weights(tmp_path / "res"), weights(tmp_path / "two")
-    for name in wb:
-        assert torch.equal(wr[name], wb[name]), name
+    kill_in_second_checkpoint(tmp_path / "res", *args)
+    assert_resumes_bitwise(tmp_path / "res", tmp_path / "two", *args)
 
 
 @needs_deepspeed

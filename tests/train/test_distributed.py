@@ -66,6 +66,25 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "final.safetensors"))
 
 
+def kill_in_second_checkpoint(out: Path, *args: str) -> Path:
+    """Run 2 processes with ``args`` (checkpoints every 4 steps), SIGKILLed while writing the checkpoint of
+    step 8: the one of step 4 survives whole, none of step 8. Returns the surviving checkpoint."""
+    killed = torchrun(out, 2, *args, faults="kill_in_checkpoint=8", check=False)
+    assert killed.returncode != 0
+    ckpts = out / "checkpoints"
+    assert (ckpts / "step-000004" / "manifest.json").is_file() and not (ckpts / "step-000008").exists()
+    return ckpts / "step-000004"
+
+
+def assert_resumes_bitwise(out: Path, reference: Path, *args: str) -> None:
+    """Resume the killed run in ``out``: its losses and final weights equal the uninterrupted run's, bit for bit."""
+    torchrun(out, 2, *args, "train.resume=auto")
+    assert losses(out) == losses(reference)
+    resumed, uninterrupted = weights(out), weights(reference)
+    for name in uninterrupted:
+        assert torch.equal(resumed[name], uninterrupted[name]), name
+
+
 def test_fsdp2_two_processes_equal_one_and_resume_after_kill(tmp_path):
     """FSDP2 (2 processes) == 1 process; the consolidated weights match; a run killed while writing its
     second checkpoint resumes from the first (sharded) one and ends bitwise equal to the uninterrupted run."""
@@ -81,19 +100,12 @@ def test_fsdp2_two_processes_equal_one_and_resume_after_kill(tmp_path):
         torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=1e-4, msg=name)
     assert not torch.equal(wa["model.layers.0.mlp.up_proj.weight"], load_file_initial())  # it trained
 
-    killed = torchrun(tmp_path / "res", 2, *fsdp2, faults="kill_in_checkpoint=8", check=False)
-    assert killed.returncode != 0
-    ckpts = tmp_path / "res" / "checkpoints"
-    assert (ckpts / "step-000004" / "manifest.json").is_file() and not (ckpts / "step-000008").exists()
-    assert {p.name for p in (ckpts / "step-000004").glob("rng-rank*.safetensors")} == {
+    kept = kill_in_second_checkpoint(tmp_path / "res", *fsdp2)
+    assert {p.name for p in kept.glob("rng-rank*.safetensors")} == {
         "rng-rank0.safetensors",
         "rng-rank1.safetensors",
     }
-    torchrun(tmp_path / "res", 2, *fsdp2, "train.resume=auto")
-    assert losses(tmp_path / "res") == losses(tmp_path / "two")  # bitwise, steps 1-4 kept, 5-12 retrained
-    wr, wb = weights(tmp_path / "res"), weights(tmp_path / "two")
-    for name in wb:
-        assert torch.equal(wr[name], wb[name]), name
+    assert_resumes_bitwise(tmp_path / "res", tmp_path / "two", *fsdp2)  # steps 1-4 kept, 5-12 retrained
 
 
 def load_file_initial() -> torch.Tensor:

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sftlab.train.zero import DS_CHECKPOINT_TAG
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -168,7 +170,7 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
 
 
 DCP_DIR = "dcp"
-DS_DIR = "deepspeed"  # sftlab.train.zero.DS_CHECKPOINT_TAG
+DS_DIR = DS_CHECKPOINT_TAG  # DeepSpeed's partitioned files (engine.save_checkpoint's tag folder)
 
 
 def _is_engine(model) -> bool:

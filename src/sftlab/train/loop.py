@@ -217,12 +217,11 @@ def build_accelerator(precision: str, train_cfg: TrainConfig | None = None):
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     if train_cfg is not None and wants_deepspeed(train_cfg):
-        return build_deepspeed_accelerator(train_cfg)
+        return build_deepspeed_accelerator(train_cfg, mixed)
     # cpu=True on a machine without CUDA: accelerate then sets up multi-process CPU (gloo) under torchrun
-    return Accelerator(
-        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision], cpu=not torch.cuda.is_available()
-    )
+    return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
 
 
 def evaluate_loss(model, dataset, cfg: Config, pad_id: int, accelerator) -> float | None:
@@ -548,9 +547,9 @@ def train(
             elif finite:
                 grad_norm = clip_grad_norm(params, t.max_grad_norm, accelerator, fsdp2)
                 finite = math.isfinite(grad_norm)
-            if finite and not ds:
-                optimizer.step()
-            elif not finite:  # skip the update, count it, and name the data that caused it
+                if finite:
+                    optimizer.step()
+            if not finite:  # the update was skipped: count it, and name the data that caused it
                 result.skipped_steps += 1
                 sources = sorted(
                     {

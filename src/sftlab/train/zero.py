@@ -150,8 +150,9 @@ def deepspeed_config(t: TrainConfig) -> dict:
     return config
 
 
-def build_deepspeed_accelerator(t: TrainConfig):
-    """An ``Accelerator`` whose ``prepare`` builds a DeepSpeed engine for ``t``, on GPUs or (gloo) on CPU."""
+def build_deepspeed_accelerator(t: TrainConfig, mixed_precision: str):
+    """An ``Accelerator`` whose ``prepare`` builds a DeepSpeed engine for ``t``, on GPUs or (gloo) on CPU.
+    ``mixed_precision``: accelerate's name for ``t.precision`` (no | bf16 | fp16)."""
     try:
         import deepspeed  # noqa: F401
     except ImportError:
@@ -172,9 +173,8 @@ def build_deepspeed_accelerator(t: TrainConfig):
     if not torch.cuda.is_available():
         # accelerate picks a backend only for GPU-like devices; DeepSpeed's CPU accelerator uses gloo
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[t.precision]
     before = os.environ.get("ACCELERATE_USE_DEEPSPEED")
-    accelerator = Accelerator(mixed_precision=mixed, deepspeed_plugin=plugin, kwargs_handlers=handlers)
+    accelerator = Accelerator(mixed_precision=mixed_precision, deepspeed_plugin=plugin, kwargs_handlers=handlers)
     if before is None:  # accelerate sets it process-wide; a later run in this process decides afresh
         os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
     return accelerator

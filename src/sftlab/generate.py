@@ -42,10 +42,9 @@ def load_for_inference(model_dir: str | Path, trust_remote_code: bool = False):
         from peft import PeftModel
 
         from sftlab.model.export import read_adapter_base
+        from sftlab.model.load import load_base_model
 
-        base = AutoModelForCausalLM.from_pretrained(
-            read_adapter_base(path), trust_remote_code=trust_remote_code, use_safetensors=True
-        )
+        base = load_base_model(read_adapter_base(path), trust_remote_code=trust_remote_code)
         model = PeftModel.from_pretrained(base, str(path))
     else:
         model = AutoModelForCausalLM.from_pretrained(

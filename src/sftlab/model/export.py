@@ -21,13 +21,15 @@ def read_adapter_base(adapter_dir: Path) -> str:
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None, max_shard_size: str = "5GB"):
     """Load base + adapter with plain transformers / peft, merge, save a plain model (and tokenizer)."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from sftlab.model.load import load_base_model
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     base = base or read_adapter_base(adapter_dir)
     if not base:
         raise ConfigError("the adapter does not name its base model: pass --base DIR")
-    model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True)
+    model = load_base_model(base)
     model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     tok_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
@@ -105,3 +107,16 @@ def export_model(model_dir: str | Path, out_dir: str | Path, max_shard_size: str
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return out_dir
+
+
+def export_gguf(model_dir: str | Path, out_file: str | Path, quant: str = "f16") -> Path:
+    """One GGUF file (llama.cpp, Ollama, LM Studio) of a run, a model folder or a LoRA adapter (merged)."""
+    from sftlab.generate import load_for_inference
+    from sftlab.model.gguf import write_gguf
+
+    model, tokenizer = load_for_inference(model_dir)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    return write_gguf(model.float().cpu(), tokenizer, out_file, quant=quant)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from sftlab.config import ConfigError, ModelConfig
+from sftlab.model.gguf import gguf_path, load_gguf_model, load_gguf_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,15 @@ def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
     name = cfg.tokenizer or cfg.name_or_path
-    _check_source(name, "tokenizer" if cfg.tokenizer else "name_or_path")
-    try:
-        tok = AutoTokenizer.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise _load_error(name, e) from None
+    gguf = gguf_path(name, None if cfg.tokenizer else cfg.gguf_file)
+    if gguf is not None:
+        tok = load_gguf_tokenizer(gguf)
+    else:
+        _check_source(name, "tokenizer" if cfg.tokenizer else "name_or_path")
+        try:
+            tok = AutoTokenizer.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise _load_error(name, e) from None
     if tok.pad_token is None:
         # Prefer a dedicated pad-like token; eos as pad is safe here because labels come from the mask,
         # never from "input_ids != pad".
@@ -83,7 +88,7 @@ def load_model(cfg: ModelConfig, tokenizer, seed: int = 0, load_in_4bit: bool = 
 
     ``load_in_4bit``: a 4-bit quantised base for QLoRA (CUDA only; prepared for k-bit training by peft).
     """
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     quantization = quantization_config_4bit() if load_in_4bit else None
     if quantization is not None and cfg.from_scratch is not None:
@@ -105,10 +110,31 @@ def load_model(cfg: ModelConfig, tokenizer, seed: int = 0, load_in_4bit: bool = 
         if cfg.dtype in DTYPES:
             model = model.to(DTYPES[cfg.dtype])
         return model
-    _check_source(cfg.name_or_path, "name_or_path")
     dtype = "auto" if cfg.dtype == "auto" else DTYPES[cfg.dtype]
+    gguf = gguf_path(cfg.name_or_path, cfg.gguf_file)
+    if gguf is not None and quantization is not None:
+        raise ConfigError("lora.load_in_4bit needs a safetensors base: convert the GGUF file first "
+                          "(sftlab model convert FILE.gguf --out DIR) and name that folder")
+    if gguf is not None:
+        model = load_gguf_model(gguf, None if dtype == "auto" else dtype, cfg.attn_implementation)
+    else:
+        model = load_pretrained(cfg, dtype, quantization)
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def load_pretrained(cfg: ModelConfig, dtype, quantization=None):
+    """``AutoModelForCausalLM.from_pretrained`` from safetensors, with user errors as ``ConfigError``."""
+    from transformers import AutoModelForCausalLM
+
+    _check_source(cfg.name_or_path, "name_or_path")
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        return AutoModelForCausalLM.from_pretrained(
             cfg.name_or_path,
             revision=cfg.revision,
             dtype=dtype,
@@ -121,13 +147,13 @@ def load_model(cfg: ModelConfig, tokenizer, seed: int = 0, load_in_4bit: bool = 
         raise ConfigError(f"model.attn_implementation={cfg.attn_implementation!r} is not available: {e}") from None
     except (OSError, ValueError) as e:
         raise _load_error(cfg.name_or_path, e) from None
-    if quantization is not None:
-        from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    return model
+
+def load_base_model(name: str, trust_remote_code: bool = False):
+    """A base model named by a path, hub id or .gguf file (a LoRA adapter's base, a merge's base), float32."""
+    cfg = ModelConfig(name_or_path=name, trust_remote_code=trust_remote_code)
+    gguf = gguf_path(name)
+    return load_gguf_model(gguf) if gguf is not None else load_pretrained(cfg, torch.float32)
 
 
 def param_numel(p) -> int:

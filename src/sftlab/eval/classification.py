@@ -6,8 +6,14 @@ import math
 from collections.abc import Sequence
 
 from sftlab.config import TaskConfig
-from sftlab.eval.forward import encode_continuations, pad_id_of, score_continuation_sets
-from sftlab.eval.items import label_key, render_prompt
+from sftlab.eval.forward import (
+    encode_continuations,
+    end_of_turn,
+    pad_id_of,
+    score_continuation_sets,
+    task_prompt,
+)
+from sftlab.eval.items import label_key
 from sftlab.eval.metrics import compute_accuracy, compute_ece, compute_macro_f1
 
 
@@ -36,7 +42,9 @@ def score_classification(
     """Label-score every item; per-item results and the aggregate metrics.
 
     For each item the prompt is ``render_prompt(task.prompt_template, item)`` and label L is scored as
-    the summed log-prob of its continuation ``task.label_map[L]`` (see ``encode_continuations``). The
+    the summed log-prob of its continuation ``task.label_map[L]`` (see ``encode_continuations``). With
+    ``task.chat`` the prompt is a user turn through the chat template (generation prompt included) and
+    the continuation is the label plus the template's end-of-turn marker: the whole reply. The
     prediction is the argmax; ``probs`` is the softmax over the labels' log-likelihoods (used for ECE).
 
     Returns ``{"accuracy", "macro_f1", "ece", "n", "labels", "items"}`` where ``items[i]`` has ``pred``,
@@ -46,7 +54,8 @@ def score_classification(
     check_classification_task(task)
     model.eval()
     labels = list(task.label_map)
-    continuations = [task.label_map[lab] for lab in labels]
+    suffix = end_of_turn(tokenizer) if task.chat else ""  # a chat reply is the label and the end of the turn
+    continuations = [task.label_map[lab] + suffix for lab in labels]
     golds = []
     for i, item in enumerate(items):
         if task.label_column not in item:
@@ -57,10 +66,8 @@ def score_classification(
                 f"task {task.name!r}: item {i} has label {gold!r}, not a key of label_map {labels}"
             )
         golds.append(gold)
-    sets = [
-        encode_continuations(tokenizer, render_prompt(task.prompt_template, it), continuations)
-        for it in items
-    ]
+    sets = [encode_continuations(tokenizer, task_prompt(tokenizer, task, it), continuations, prefix=not task.chat)
+            for it in items]
     scores = score_continuation_sets(model, sets, batch_size=batch_size, pad_id=pad_id_of(tokenizer))
     results = []
     for gold, item_scores in zip(golds, scores):

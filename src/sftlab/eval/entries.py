@@ -82,6 +82,14 @@ def build_generation_metrics(res: dict, base: dict | None, names: list[str], n_b
     }
 
 
+def build_reply_metrics(res: dict, base: dict | None, n_boot: int) -> dict:
+    """reply_nll entry (mean nats per reply token, lower is better); items paired by position."""
+    if base is None:
+        return {"reply_nll": make_entry(res["reply_nll"], False, res["n"])}
+    return {"reply_nll": compare_item_metric([it["nll"] for it in res["items"]],
+                                             [it["nll"] for it in base["items"]], False, n_boot)}
+
+
 def build_perplexity_metrics(res: dict, base: dict | None, paired: bool, n_boot: int) -> dict:
     """perplexity entry (windows paired when both models saw the same token ids) and kl_to_base entry.
 

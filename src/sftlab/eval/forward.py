@@ -42,7 +42,43 @@ def count_common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def encode_continuations(tokenizer, prompt: str, continuations: Sequence[str]) -> ContinuationSet:
+def chat_prompt(tokenizer, text: str, system: str | None = None) -> str:
+    """``text`` as a user turn (after an optional system turn) through the tokenizer's chat template, ending
+    in the generation prompt: what the model sees before it answers in a chat."""
+    if not tokenizer.chat_template:
+        raise ValueError("chat: true needs a tokenizer with a chat template (or set chat: false)")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def end_of_turn(tokenizer) -> str:
+    """The marker that closes an assistant turn in the tokenizer's chat template (``<|im_end|>``,
+    ``<|eot_id|>``, ...; the eos token when the template names none)."""
+    from sftlab.data.templates import end_of_turn_strings
+
+    found = end_of_turn_strings(tokenizer, tokenizer.chat_template or "")
+    if not found:
+        raise ValueError("the chat template has no end-of-turn marker and the tokenizer no eos token")
+    return found[0]
+
+
+def task_prompt(tokenizer, task, record: dict) -> str:
+    """A task item's prompt: the filled ``prompt_template``, as a chat user turn with the generation prompt
+    when ``task.chat`` (see ``chat_prompt``)."""
+    from sftlab.eval.items import render_prompt
+
+    text = render_prompt(task.prompt_template, record)
+    return chat_prompt(tokenizer, text, task.system) if task.chat else text
+
+
+def task_prompt_ids(tokenizer, task, record: dict) -> list[int]:
+    """Token ids of ``task_prompt``: a chat render as is (the template writes its own bos), plain text
+    after the ids the tokenizer puts before text."""
+    prefix = [] if task.chat else special_prefix_ids(tokenizer)
+    return prefix + encode_plain(tokenizer, task_prompt(tokenizer, task, record))
+
+
+def encode_continuations(tokenizer, prompt: str, continuations: Sequence[str], prefix: bool = True) -> ContinuationSet:
     """Split ``prompt + continuation`` token ids into a context shared by all continuations and targets.
 
     Each ``prompt + continuation`` is tokenised *as one string*, so the target ids are exactly the ids a
@@ -52,9 +88,12 @@ def encode_continuations(tokenizer, prompt: str, continuations: Sequence[str]) -
     with the re-merged prompt tail. Comparing target log-likelihoods is then comparing the joint
     probabilities of the full strings, because the context is the same for every continuation.
 
+    ``prefix``: start with the ids the tokenizer puts before plain text (bos); off for a prompt rendered by
+    a chat template, which writes its own.
+
     Returns ``(context_ids, [target_ids per continuation])``; every target list is non-empty.
     """
-    prefix = special_prefix_ids(tokenizer)
+    prefix = special_prefix_ids(tokenizer) if prefix else []
     prompt_ids = prefix + encode_plain(tokenizer, prompt)
     joints = [prefix + encode_plain(tokenizer, prompt + c) for c in continuations]
     shared = min(count_common_prefix(prompt_ids, j) for j in joints)

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 
 from sftlab.config import TaskConfig
-from sftlab.eval.forward import encode_plain, pad_id_of, pad_left, special_prefix_ids
-from sftlab.eval.items import gold_answers, render_prompt
+from sftlab.eval.forward import end_of_turn, pad_id_of, pad_left, task_prompt_ids
+from sftlab.eval.items import gold_answers
 from sftlab.eval.metrics import (
     compute_exact_match,
     compute_rouge_l,
@@ -100,15 +100,15 @@ def score_generation(model, tokenizer, items: Sequence[dict], task: TaskConfig, 
     if not task.prompt_template:
         raise ValueError(f"task {task.name!r}: generation needs a prompt_template")
     scorers = METRICS[task.metric]
-    prefix = special_prefix_ids(tokenizer)
-    prompts = [prefix + encode_plain(tokenizer, render_prompt(task.prompt_template, it)) for it in items]
+    prompts = [task_prompt_ids(tokenizer, task, it) for it in items]
     golds = []
     for i, item in enumerate(items):
         if task.answer_column not in item:
             raise ValueError(f"task {task.name!r}: item {i} has no answer column {task.answer_column!r}")
         golds.append(gold_answers(item[task.answer_column]))
+    stop = (*task.stop, end_of_turn(tokenizer)) if task.chat else task.stop  # a chat answer ends with its turn
     preds = generate_greedy(
-        model, tokenizer, prompts, max_new_tokens=task.max_new_tokens, stop=task.stop, batch_size=batch_size
+        model, tokenizer, prompts, max_new_tokens=task.max_new_tokens, stop=stop, batch_size=batch_size
     )
     results = []
     for pred, gold in zip(preds, golds):

@@ -24,11 +24,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from sftlab.config import TaskConfig
 from sftlab.eval.entries import (
     build_classification_metrics,
     build_generation_metrics,
     build_perplexity_metrics,
+    build_reply_metrics,
 )
 from sftlab.eval.harness import evaluate_harness_task
 from sftlab.eval.items import hash_file
@@ -37,7 +40,7 @@ from sftlab.eval.tasks import load_task_items, score_task
 
 FORMAT = "sftlab.scorecard/1"
 HEADLINE = {"classification": ["accuracy"], "generation": None, "perplexity": ["perplexity", "kl_to_base"],
-            "lm_eval": None}
+            "reply_loss": ["reply_nll"], "lm_eval": None}
 GEN_METRICS = {"squad": ["exact_match", "f1"], "rouge_l": ["rouge_l"], "exact": ["exact_match"]}
 VERDICTS = ("better", "worse", "no significant change")
 
@@ -117,6 +120,8 @@ def evaluate_task(
         metrics = build_classification_metrics(res, base_res, bootstrap_samples)
     elif task.kind == "generation":
         metrics = build_generation_metrics(res, base_res, GEN_METRICS[task.metric], bootstrap_samples)
+    elif task.kind == "reply_loss":
+        metrics = build_reply_metrics(res, base_res, bootstrap_samples)
     else:
         metrics = build_perplexity_metrics(res, base_res, paired, bootstrap_samples)
         extras.update({k: res[k] for k in ("nll", "n_tokens", "n_windows", "seq_len")})
@@ -155,6 +160,8 @@ def item_values(task: TaskConfig, res: dict) -> dict[str, list[float]]:
         return {"accuracy": [float(it["correct"]) for it in res["items"]]}
     if task.kind == "generation":
         return {m: [float(it[m]) for it in res["items"]] for m in GEN_METRICS[task.metric]}
+    if task.kind == "reply_loss":
+        return {"reply_nll": [float(it["nll"]) for it in res["items"]]}
     return {"nll": [float(it["nll"]) for it in res["items"]]}
 
 
@@ -212,10 +219,12 @@ def evaluate_model(
 
 def evaluate_for_config(eval_cfg, model, tokenizer, *, base_model=None, base_tokenizer=None,
                         progress: bool = True) -> dict:
-    """``evaluate_model`` on an ``EvalConfig``'s tasks, batch size and bootstrap samples."""
-    return evaluate_model(model, tokenizer, eval_cfg.tasks, base_model=base_model, base_tokenizer=base_tokenizer,
-                          batch_size=eval_cfg.batch_size, bootstrap_samples=eval_cfg.bootstrap_samples,
-                          progress=progress, keep_items=eval_cfg.keep_items)
+    """``evaluate_model`` on an ``EvalConfig``'s tasks, batch size, bootstrap samples and precision."""
+    device = next(model.parameters()).device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=eval_cfg.precision == "bf16"):
+        return evaluate_model(model, tokenizer, eval_cfg.tasks, base_model=base_model, base_tokenizer=base_tokenizer,
+                              batch_size=eval_cfg.batch_size, bootstrap_samples=eval_cfg.bootstrap_samples,
+                              progress=progress, keep_items=eval_cfg.keep_items)
 
 
 def flatten_scorecard(card: dict) -> dict[str, float]:

@@ -9,8 +9,10 @@ from sftlab.eval.classification import check_classification_task, score_classifi
 from sftlab.eval.generation import score_generation
 from sftlab.eval.items import read_records, read_text
 from sftlab.eval.perplexity import score_perplexity
+from sftlab.eval.reply import score_reply_loss
 
-__all__ = ["load_task_items", "score_classification", "score_generation", "score_perplexity", "score_task"]
+__all__ = ["load_task_items", "score_classification", "score_generation", "score_perplexity", "score_reply_loss",
+           "score_task"]
 
 
 def load_task_items(task: TaskConfig) -> list[dict]:
@@ -39,6 +41,8 @@ def score_task(
         return score_classification(model, tokenizer, items, task, batch_size)
     if task.kind == "generation":
         return score_generation(model, tokenizer, items, task, batch_size)
+    if task.kind == "reply_loss":
+        return score_reply_loss(model, tokenizer, items, task, batch_size)
     if task.kind == "perplexity":
         return score_perplexity(
             model,

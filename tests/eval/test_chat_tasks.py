@@ -40,6 +40,7 @@ def test_chat_label_scoring_scores_exactly_the_trained_reply(tmp_path, tiny_toke
                              "data.mask=completion", "data.shuffle=false", f"data.cache_dir={tmp_path / 'c'}"])
     ds, _ = build_dataset(cfg.data, tiny_tokenizer, progress=False)
     t = task()
+    assert len(ds) == len(ROWS)
     for row, rec in zip(ROWS, ds):
         context, targets = encode_continuations(tiny_tokenizer, task_prompt(tiny_tokenizer, t, row),
                                                 ["negative<|im_end|>", "positive<|im_end|>"], prefix=False)
@@ -111,3 +112,27 @@ def test_chat_generation_stops_at_end_of_turn(tiny_tokenizer, tiny_model, monkey
     score_generation(tiny_model, tiny_tokenizer, [{"question": "x", "answers": ["y"]}],
                      TaskConfig(name="q", kind="generation", prompt_template="{question}"))
     assert seen["stop"] == ("\n",)
+
+
+def test_scorecard_scores_the_base_with_the_model_chat_template_and_records_precision(tmp_path, tiny_tokenizer,
+                                                                                      tiny_model):
+    """A base tokenizer without a chat template (the usual SFT base) is scored in the tuned model's chat format;
+    reply_loss gets a paired entry; the card says which precision scored it."""
+    import copy
+
+    from sftlab.config import EvalConfig
+    from sftlab.eval.scorecard import evaluate_for_config
+
+    base_tok = copy.deepcopy(tiny_tokenizer)
+    base_tok.chat_template = None
+    path = tmp_path / "replies.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"What is {i} + {i}?", "reply": f"It is {2 * i}."}) + "\n"
+                            for i in range(6)))
+    cfg = EvalConfig(tasks=(TaskConfig(name="r", kind="reply_loss", role="versatility", path=str(path), chat=True,
+                                       prompt_template="{prompt}", answer_column="reply"),),
+                     precision="bf16", bootstrap_samples=100)
+    card = evaluate_for_config(cfg, tiny_model.eval(), tiny_tokenizer, base_model=tiny_model,
+                               base_tokenizer=base_tok, progress=False)
+    entry = card["tasks"][0]["metrics"]["reply_nll"]
+    assert card["precision"] == "bf16" and base_tok.chat_template == tiny_tokenizer.chat_template
+    assert entry["delta"] == 0 and entry["n"] == 6  # the same model on both sides: the same prompts were scored

@@ -157,3 +157,19 @@ def test_q8_0_rows_not_divisible_by_32_stay_f16():
     assert raw is None and array.dtype == np.float16
     array, raw = gguf_mod._encode_tensor(data[:, :32], "q8_0")
     assert raw == GGMLQuantizationType.Q8_0
+
+
+def test_convert_refuses_a_non_gguf_file_and_a_non_empty_folder(tmp_path, tiny_tokenizer, capsys):
+    from sftlab.cli import main
+
+    (tmp_path / "model.bin").write_bytes(b"x")
+    assert main(["model", "convert", str(tmp_path / "model.bin"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'model.bin'} is not a .gguf file")
+    path = write_gguf(models(tiny_tokenizer)["llama"], tiny_tokenizer, tmp_path / "m.gguf", quant="f32")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("mine")
+    assert main(["model", "convert", str(path), "--out", str(tmp_path / "busy")]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+    assert main(["model", "convert", str(path), "--out", str(tmp_path / "hf")]) == 0
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "hf").config.num_hidden_layers == 2

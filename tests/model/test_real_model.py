@@ -34,7 +34,7 @@ def test_answers_a_question_through_its_chat_template(real):
     ids = build_prompt_ids(tok, "What is the capital of France?")
     assert tok.decode(ids).startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)
+        out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=12, do_sample=False)
     reply = tok.decode(out[0, len(ids):], skip_special_tokens=True)
     assert "Paris" in reply
 
@@ -51,6 +51,7 @@ def test_gguf_export_reloads_in_transformers_close(real, tmp_path, quant):
     from sftlab.model.gguf import load_gguf_tokenizer, write_gguf
 
     model, tok = real
+    model = model.cpu()
     path = write_gguf(model, tok, tmp_path / f"smollm2-{quant}.gguf", quant=quant)
     back = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32).eval()
     reply = tok("Red, green and blue are three colours that", add_special_tokens=False)["input_ids"]

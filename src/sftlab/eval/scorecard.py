@@ -22,6 +22,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -219,12 +220,23 @@ def evaluate_model(
 
 def evaluate_for_config(eval_cfg, model, tokenizer, *, base_model=None, base_tokenizer=None,
                         progress: bool = True) -> dict:
-    """``evaluate_model`` on an ``EvalConfig``'s tasks, batch size, bootstrap samples and precision."""
-    device = next(model.parameters()).device.type
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=eval_cfg.precision == "bf16"):
-        return evaluate_model(model, tokenizer, eval_cfg.tasks, base_model=base_model, base_tokenizer=base_tokenizer,
+    """``evaluate_model`` on an ``EvalConfig``'s tasks, batch size, bootstrap samples and precision.
+
+    Chat tasks render the base's prompts with the model's chat template (the one it was trained with), so
+    both are scored on the same text: ``base_tokenizer.chat_template`` is set to it.
+    """
+    if base_tokenizer is not None and tokenizer.chat_template and any(t.chat for t in eval_cfg.tasks):
+        base_tokenizer.chat_template = tokenizer.chat_template
+    with ExitStack() as stack:
+        if eval_cfg.precision == "bf16":  # every device involved, so model and base are scored alike
+            devices = {next(m.parameters()).device.type for m in (model, base_model) if m is not None}
+            for device in sorted(devices):
+                stack.enter_context(torch.autocast(device, dtype=torch.bfloat16))
+        card = evaluate_model(model, tokenizer, eval_cfg.tasks, base_model=base_model, base_tokenizer=base_tokenizer,
                               batch_size=eval_cfg.batch_size, bootstrap_samples=eval_cfg.bootstrap_samples,
                               progress=progress, keep_items=eval_cfg.keep_items)
+    card["precision"] = eval_cfg.precision
+    return card
 
 
 def flatten_scorecard(card: dict) -> dict[str, float]:

@@ -61,8 +61,11 @@ def cached_folder(name: str, cache: Path | None = None) -> Path | None:
     spec = pinned(name)
     folder = (cache or default_cache()) / "models" / spec.folder
     stamp = folder / STAMP
-    if stamp.is_file() and json.loads(stamp.read_text()).get("sha256") == spec.sha256:
-        return folder
+    try:
+        if json.loads(stamp.read_text()).get("sha256") == spec.sha256:
+            return folder
+    except (OSError, ValueError, AttributeError):
+        pass  # no stamp, or a damaged one: not cached
     return None
 
 

@@ -78,8 +78,10 @@ def load_gguf_model(path: Path, dtype: torch.dtype | None = torch.float32, attn_
     for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version"):
         config.pop(key, None)
     config = type(quantised.config).from_dict(config)
-    config._attn_implementation = attn_implementation
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    try:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn_implementation)
+    except (ImportError, ValueError) as e:
+        raise ConfigError(f"model.attn_implementation={attn_implementation!r} is not available: {e}") from None
     model.load_state_dict(quantised.state_dict(), strict=True)
     model.generation_config = quantised.generation_config
     model.config._name_or_path = model.name_or_path = str(path)  # what a LoRA adapter records as its base
@@ -90,18 +92,25 @@ def load_gguf_model(path: Path, dtype: torch.dtype | None = torch.float32, attn_
 
 
 def convert_gguf(path: Path, out_dir: Path) -> Path:
-    """Write a GGUF model as a Hugging Face folder (safetensors, tokenizer, chat template, generation config),
-    atomically: ``out_dir.tmp`` first, renamed when complete."""
+    """Write a GGUF model as a new Hugging Face folder (safetensors, tokenizer, chat template, generation
+    config), atomically: ``out_dir.tmp`` first, renamed when complete. An existing non-empty ``out_dir`` is
+    refused, never replaced."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ConfigError(f"{out_dir} already exists and is not empty: pick a new folder for the converted model")
     tokenizer = load_gguf_tokenizer(path)
     model = load_gguf_model(path)
     model.config._name_or_path = model.name_or_path = out_dir.name
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above)
+        os.replace(tmp, out_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(f"cannot write {out_dir}: {e.strerror or e}") from None
     return out_dir
 
 
@@ -121,6 +130,9 @@ def _check_exportable(config) -> str:
     arch = config.model_type
     if arch not in ARCHITECTURES:
         raise ConfigError(f"GGUF export supports the {', '.join(ARCHITECTURES)} families; this model is {arch!r}")
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        if arch == "llama":
+            raise ConfigError("GGUF export of Llama models with attention or MLP biases is not supported yet")
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     if rope.get("rope_type", "default") != "default":
         raise ConfigError(f"GGUF export of rope scaling {rope.get('rope_type')!r} is not supported yet")
@@ -213,6 +225,9 @@ def write_gguf(model, tokenizer, out_file: str | Path, quant: str = "f16", name:
     writer.add_head_count(n_head)
     writer.add_head_count_kv(n_kv)
     writer.add_rope_dimension_count(head_dim)
+    if head_dim * n_head != cfg.hidden_size:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
     rope = getattr(cfg, "rope_parameters", None) or {}
     writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
     writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))

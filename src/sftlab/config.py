@@ -22,6 +22,35 @@ class ConfigError(ValueError):
     """A user-facing configuration problem; the message says what is wrong and how to fix it."""
 
 
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses anchors / aliases (no alias bombs: the work is bounded by the text's
+    size) and duplicate keys (YAML would silently keep the last)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None):
+            mark = self.peek_event().start_mark
+            raise ConfigError(f"YAML anchors and aliases (& and *) are not accepted in configs (line {mark.line + 1}): "
+                              "write the values out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ConfigError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1}): each key once")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, StrictLoader.construct_mapping)
+
+
+def parse_yaml(text: str):
+    """YAML text through ``StrictLoader`` (no tags beyond plain data, no aliases, no duplicate keys)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
+
+
 # ----------------------------------------------------------------------------------------- sections
 
 
@@ -253,7 +282,7 @@ class EvalConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     dir: str = "runs/run"  # run directory
-    overwrite: bool = True  # reuse an existing run directory
+    overwrite: bool = False  # a fresh run may replace a previous run in dir (checkpoints, final/, metrics), removed once data and model have loaded
     save_final: bool = True  # write OUTPUT/final/ in Hugging Face format
     report: bool = True  # write OUTPUT/report.html at the end of the run (sftlab report rebuilds it)
 
@@ -408,12 +437,21 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+MAX_LIST_INDEX = 1000  # --set a.N.b: entries of a list a config may name (bounded work from any override)
+
+
+def _list_index(part: str, dotted: str) -> int:
+    if not part.isdigit() or int(part) > MAX_LIST_INDEX:
+        raise ConfigError(f"override {dotted!r}: list index {part!r} must be a number from 0 to {MAX_LIST_INDEX}")
+    return int(part)
+
+
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = data
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
-            idx = int(part)
+            idx = _list_index(part, dotted)
             while len(node) <= idx:
                 node.append({})
             node = node[idx]
@@ -425,7 +463,7 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
         node = nxt
     last = parts[-1]
     if isinstance(node, list):
-        idx = int(last)
+        idx = _list_index(last, dotted)
         while len(node) <= idx:
             node.append({})
         node[idx] = value
@@ -441,15 +479,18 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=1e-4")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = parse_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw  # not YAML (e.g. "Review: {x}"): take the text as it is
+        except ConfigError as e:
+            raise ConfigError(f"override {item!r}: {e}") from None
         _set_path(data, key.strip(), value)
     return data
 
 
 def read_yaml_mapping(path: str | Path, missing: str, sections: str) -> dict[str, Any]:
-    """A YAML file whose top level is a mapping (``yaml.safe_load`` only; empty file -> ``{}``).
+    """A YAML file whose top level is a mapping (``parse_yaml``: safe, no aliases, no duplicate keys; empty
+    file -> ``{}``).
 
     ``missing``: the error when the file does not exist (``{path}`` is filled in); ``sections``: the keys
     named when the top level is not a mapping.
@@ -458,9 +499,11 @@ def read_yaml_mapping(path: str | Path, missing: str, sections: str) -> dict[str
     if not p.is_file():
         raise ConfigError(missing.format(path=p))
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = parse_yaml(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping with sections {sections}")
     return data
@@ -476,7 +519,85 @@ def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -
             sections="model, data, train, eval, output",
         )
     data = apply_overrides(data, overrides)
-    return build_dataclass(Config, data)
+    cfg = build_dataclass(Config, data)
+    check_values(cfg)
+    return cfg
+
+
+# (key, test, what the value must be): checked at load, listed in the config reference.
+RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "data.max_seq_len": (lambda v: v >= 2, ">= 2"),
+    "data.num_proc": (lambda v: v >= 1, ">= 1"),
+    "data.sources[].limit": (lambda v: v is None or v >= 1, ">= 1"),
+    "data.sources[].weight": (lambda v: v is None or v >= 0, ">= 0"),
+    "data.sources[].count": (lambda v: v is None or v >= 0, ">= 0"),
+    "data.sources[].fraction": (lambda v: v is None or v >= 0, ">= 0"),
+    "lora.r": (lambda v: v >= 1, ">= 1"),
+    "lora.alpha": (lambda v: v > 0, "> 0"),
+    "lora.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.epochs": (lambda v: v > 0, "> 0"),
+    "train.max_steps": (lambda v: v >= 0, ">= 0 (0: from epochs)"),
+    "train.micro_batch_size": (lambda v: v >= 1, ">= 1"),
+    "train.grad_accum": (lambda v: v >= 1, ">= 1"),
+    "train.lr": (lambda v: 0 <= v <= 1, "in [0, 1] (AdamW learning rates are ~1e-6 to 1e-2; 0 is a control run)"),
+    "train.min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "train.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "train.adam_eps": (lambda v: v > 0, "> 0"),
+    "train.adam_betas": (lambda v: all(0 <= b < 1 for b in v), "two values in [0, 1)"),
+    "train.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "train.warmup_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "train.max_grad_norm": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
+    "train.log_every_steps": (lambda v: v >= 1, ">= 1"),
+    "train.eval_every_steps": (lambda v: v >= 0, ">= 0"),
+    "train.save_every_steps": (lambda v: v >= 0, ">= 0"),
+    "train.save_every_minutes": (lambda v: v >= 0, ">= 0"),
+    "train.keep_last": (lambda v: v >= 1, ">= 1"),
+    "train.max_skipped_steps": (lambda v: v >= 0, ">= 0"),
+    "train.num_processes": (lambda v: v >= 1, ">= 1"),
+    "eval.split_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "eval.max_records": (lambda v: v >= 1, ">= 1"),
+    "eval.micro_batch_size": (lambda v: v >= 1, ">= 1"),
+    "eval.batch_size": (lambda v: v >= 1, ">= 1"),
+    "eval.bootstrap_samples": (lambda v: v >= 0, ">= 0"),
+    "eval.every_steps": (lambda v: v >= 0, ">= 0"),
+    "eval.samples": (lambda v: v >= 0, ">= 0"),
+    "eval.sample_max_new_tokens": (lambda v: v >= 1, ">= 1"),
+    "eval.tasks[].limit": (lambda v: v is None or v >= 1, ">= 1"),
+    "eval.tasks[].max_new_tokens": (lambda v: v >= 1, ">= 1"),
+    "eval.tasks[].max_tokens": (lambda v: v >= 2, ">= 2"),
+    "eval.tasks[].seq_len": (lambda v: v >= 2, ">= 2"),
+}
+
+
+def _values_at(cfg: Any, path: str):
+    """(concrete key, value) pairs for a RANGES key; ``[]`` walks every entry of a list."""
+    head, _, rest = path.partition(".")
+    name = head.removesuffix("[]")
+    value = getattr(cfg, name)
+    if head.endswith("[]"):
+        for i, item in enumerate(value):
+            for key, v in _values_at(item, rest):
+                yield f"{name}.{i}.{key}", v
+    elif rest:
+        for key, v in _values_at(value, rest):
+            yield f"{name}.{key}", v
+    else:
+        yield name, value
+
+
+def check_values(cfg: Config) -> None:
+    """Ranges of numeric keys (``RANGES``) and combinations that cannot work, as ``ConfigError``s naming the key."""
+    for path, (ok, what) in RANGES.items():
+        for key, value in _values_at(cfg, path):
+            if not ok(value):
+                raise ConfigError(f"{key}: {value!r} is out of range; it must be {what}")
+    t = cfg.train
+    if t.segment_attention and not cfg.data.packing:
+        raise ConfigError("train.segment_attention needs data.packing: true (it is attention per packed segment); "
+                          "set data.packing: true or train.segment_attention: false")
+    if t.segment_attention and cfg.model.attn_implementation not in ("sdpa", "flash_attention_2"):
+        raise ConfigError(f"train.segment_attention runs on sdpa or flash_attention_2, not "
+                          f"model.attn_implementation {cfg.model.attn_implementation!r}; change one of the two")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -528,6 +649,9 @@ def reference_markdown() -> str:
                 default = repr(f.default_factory())  # type: ignore[misc]
             if dataclasses.is_dataclass(hints[f.name]):
                 default = "section"
+            allowed = RANGES.get(f"{name}.{f.name}")
+            if allowed:
+                doc = f"{doc} ({allowed[1]})" if doc else allowed[1]
             if not doc and get_origin(hints[f.name]) is Literal:
                 doc = " \\| ".join(get_args(hints[f.name]))
             out.append(f"| `{f.name}` | `{default}` | {doc.strip().replace('|', chr(92) + '|')} |")

@@ -11,6 +11,8 @@ from __future__ import annotations
 INVALID_JSON = "invalid_json"
 NOT_UTF8 = "not_utf8"
 NOT_AN_OBJECT = "not_an_object"
+TOO_DEEP = "too_deep"
+DUPLICATE_KEY = "duplicate_key"
 MISSING_FIELD = "missing_field"
 WRONG_TYPE = "wrong_type"
 EMPTY_OUTPUT = "empty_output"

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.config import SourceConfig
-from sftlab.data.errors import INVALID_JSON, NOT_AN_OBJECT, NOT_UTF8, DataError, find_data_error
+from sftlab.data.errors import (
+    DUPLICATE_KEY,
+    INVALID_JSON,
+    NOT_AN_OBJECT,
+    NOT_UTF8,
+    TOO_DEEP,
+    DataError,
+    find_data_error,
+)
 
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 TABLE_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
@@ -360,6 +368,21 @@ def _document_error(path: str, e: json.JSONDecodeError) -> DataError:
     )
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return row
+
+
 def read_row(source: LoadedSource, batch: dict[str, list], i: int, origin: str = "") -> dict:
     """Row ``i`` of a batch as a dict; raises ``DataError`` (at ``origin``) for unreadable JSON records."""
     if source.kind != "json":
@@ -369,13 +392,27 @@ def read_row(source: LoadedSource, batch: dict[str, list], i: int, origin: str =
         reason, _, problem = error.partition(": ")
         raise DataError(problem, reason=reason, origin=origin, fix="re-save the file as UTF-8")
     try:
-        row = json.loads(raw)
+        row = json.loads(raw, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
         raise DataError(
             f"not valid JSON: {e.msg} at column {e.colno} (the line may be cut short)",
             reason=INVALID_JSON,
             origin=origin,
             fix="repair or remove the line",
+        ) from None
+    except _DuplicateKey as e:
+        raise DataError(
+            f"the key {e.args[0]!r} appears twice in one object (JSON readers keep one of them silently)",
+            reason=DUPLICATE_KEY,
+            origin=origin,
+            fix="keep one value per key",
+        ) from None
+    except RecursionError:
+        raise DataError(
+            "the record is nested too deeply to read",
+            reason=TOO_DEEP,
+            origin=origin,
+            fix="flatten or remove the record",
         ) from None
     if not isinstance(row, dict):
         raise DataError(

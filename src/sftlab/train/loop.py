@@ -24,6 +24,7 @@ from sftlab.train.attention import SEGMENT_ATTENTION, register_segment_attention
 from sftlab.train.batches import collate_packed, collate_padded, pack_bfd, plan_windows, split_window
 from sftlab.train.checkpoint import (
     find_latest_valid,
+    is_valid,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
@@ -52,6 +53,7 @@ class RunResult:
     split_sequences: int = 0  # truncation "split": sequences cut into pieces
     pieces_without_targets: int = 0  # truncation "split": pieces left out (nothing to train in them)
     tokens: int = 0  # real (non-padding) tokens processed
+    resumed_tokens: int = 0  # of those, processed before the checkpoint this run resumed from
     trained_tokens: int = 0  # tokens with a loss
     elapsed_s: float = 0.0
     # FSDP2 / DeepSpeed: the trained weights gathered on the main process (plain CPU tensors), for ``final/``
@@ -347,6 +349,17 @@ def all_finite(loss: torch.Tensor, accelerator) -> bool:
     return bool(ok)
 
 
+def checked_checkpoint(ckpt: Path) -> Path:
+    """A checkpoint named by ``train.resume: PATH``, verified like ``auto`` verifies (manifest + checksums)."""
+    if not ckpt.is_dir():
+        raise TrainingStopped(f"train.resume: no checkpoint at {ckpt}", 2)
+    if not is_valid(ckpt):
+        raise TrainingStopped(f"train.resume: {ckpt} fails verification (manifest missing or a file's sha256 "
+                              "differs: damaged or half-written). Give another checkpoint, or train.resume=auto "
+                              "for the newest valid one", 2)
+    return ckpt
+
+
 def restore_metrics(path: Path, step: int) -> None:
     """Keep only the metrics lines up to ``step`` (a resumed run rewrites what came after)."""
     if not path.is_file():
@@ -443,7 +456,7 @@ def train(
     )
     start_step = 0
     if t.resume != "none":
-        ckpt = find_latest_valid(ckpt_root) if t.resume == "auto" else Path(t.resume)
+        ckpt = find_latest_valid(ckpt_root) if t.resume == "auto" else checked_checkpoint(Path(t.resume))
         if ckpt is not None:
             state = load_checkpoint(
                 ckpt, model if fsdp2 or ds else lm, getattr(optimizer, "optimizer", optimizer), scheduler
@@ -451,14 +464,13 @@ def train(
             start_step = state["step"]
             result.losses, result.grad_norms = state["losses"], state["grad_norms"]
             result.tokens, result.trained_tokens = state["tokens"], state["trained_tokens"]
+            result.resumed_tokens = result.tokens
             result.skipped_steps = state.get("skipped_steps", 0)
             result.resumed_from = str(ckpt)
             if accelerator.is_main_process:
                 restore_metrics(out / "metrics.jsonl", start_step)
             if t.progress:
                 print(f"resumed from {ckpt} at step {start_step}")
-        elif t.resume != "auto":
-            raise TrainingStopped(f"train.resume: no checkpoint at {t.resume}", 2)
     metrics = MetricsWriter(out / "metrics.jsonl") if accelerator.is_main_process else None
     windows = iter_windows(plan, cfg, start_step)
     start = last_log_time = last_save_time = time.perf_counter()

@@ -10,21 +10,9 @@ import shutil
 import time
 from pathlib import Path
 
-from sftlab.config import Config, ConfigError, save_config, to_dict
+from sftlab.config import Config, ConfigError, to_dict
 
 log = logging.getLogger(__name__)
-
-
-def prepare_output_dir(cfg: Config) -> Path:
-    out = Path(cfg.output.dir)
-    if out.exists() and any(out.iterdir()) and not cfg.output.overwrite:
-        raise ConfigError(f"output directory {out} is not empty; set output.overwrite: true or pick another output.dir")
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.train.resume == "none":
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    save_config(cfg, out / "config.yaml")
-    return out
 
 
 def load_datasets(cfg: Config, tokenizer, out: Path, progress: bool = True):
@@ -120,7 +108,17 @@ def save_final(model, tokenizer, path: Path, state_dict: dict | None = None) -> 
 
 
 def run_training(cfg: Config, progress: bool | None = None) -> dict:
-    """Train from a config and return the summary (also written to ``OUTPUT/summary.json``)."""
+    """Train from a config and return the summary (also written to ``OUTPUT/summary.json``).
+
+    The run directory is checked first (``outdir.prepare_output_dir``) and locked for the whole run."""
+    from sftlab.train.outdir import output_lock, prepare_output_dir
+
+    out = prepare_output_dir(cfg)
+    with output_lock(out):
+        return _run_training(cfg, out, progress)
+
+
+def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
     from rich.console import Console
 
     from sftlab.data.errors import TemplateError
@@ -137,6 +135,7 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
         write_status,
     )
     from sftlab.train.loop import TrainingStopped, build_accelerator, train
+    from sftlab.train.outdir import start_run
     from sftlab.train.stages import is_staged, run_stages
 
     progress = cfg.train.progress if progress is None else progress
@@ -146,7 +145,6 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
             raise ConfigError("lora.load_in_4bit is QLoRA: set lora.enabled: true too")
         quantization_config_4bit()
     check_trackers(cfg.train.report_to)  # a missing tracker package fails before any data work
-    out = prepare_output_dir(cfg)
     accelerator = build_accelerator(cfg.train.precision, cfg.train)
     main = accelerator.is_main_process
     from sftlab.train.distributed import uses_fsdp2
@@ -180,6 +178,7 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
         model = apply_lora(model, cfg.lora)
     elif is_active(cfg.select):
         apply_selection(model, cfg.select)
+    start_run(cfg, out)  # data and model are loaded: now a previous run may be replaced (output.overwrite)
     rows = trainable_table(model)
     (out / "trainable_parameters.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
     if progress:
@@ -231,7 +230,7 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
         "total_parameters": total,
         "train_time_s": round(result.elapsed_s, 2),
         "total_time_s": round(time.perf_counter() - t0, 2),
-        "tokens_per_s": round(result.tokens / max(result.elapsed_s, 1e-9), 1),
+        "tokens_per_s": round((result.tokens - result.resumed_tokens) / max(result.elapsed_s, 1e-9), 1),  # this process's
         "skipped_steps": result.skipped_steps,  # updates skipped for a non-finite loss or gradient
         "loss_scale_skips": result.loss_scale_skips,  # DeepSpeed fp16: while the loss scale came down
         "packing_fill": round(result.packing_fill, 4),
@@ -261,8 +260,8 @@ def write_run_scorecard(cfg: Config, model, tokenizer, out: Path, progress: bool
     from sftlab.eval.scorecard import evaluate_for_config, format_scorecard, write_scorecard
     from sftlab.model.load import load_model, load_tokenizer
 
-    if hasattr(model, "merge_and_unload"):  # the run's last use of the model: score the adapter merged (faster)
-        model = model.merge_and_unload()
+    if hasattr(model, "merge_and_unload") and not getattr(model, "is_loaded_in_4bit", False):
+        model = model.merge_and_unload()  # the run's last use of the model: score the adapter merged (faster)
     base = base_tok = None
     if cfg.eval.compare_base and cfg.model.from_scratch is None:
         base_tok = load_tokenizer(cfg.model)

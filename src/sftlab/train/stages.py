@@ -223,6 +223,7 @@ def combine_results(results: list, out: Path):
         split_sequences=sum(r.split_sequences for r in results),
         pieces_without_targets=sum(r.pieces_without_targets for r in results),
         tokens=sum(r.tokens for r in results),
+        resumed_tokens=sum(r.resumed_tokens for r in results),
         trained_tokens=sum(r.trained_tokens for r in results),
         elapsed_s=sum(r.elapsed_s for r in results),
     )

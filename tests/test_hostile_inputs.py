@@ -1,0 +1,222 @@
+"""Hostile inputs and faults: each case asserts the exact behaviour (the error's first line, the exit code,
+what is left on disk, the counts). No case may print a traceback, lose a checkpoint or exit 0 with a wrong
+result. Runs use the tiny tokenizer and a from-scratch 2-layer model; the two-runs and kill cases run
+``sftlab train`` in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sftlab.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SCRATCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+           "num_key_value_heads": 1}
+
+
+def chat_rows(n: int = 24) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"What is {i} + {i}?"},
+                          {"role": "assistant", "content": f"It is {2 * i}."}]} for i in range(n)]
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture()
+def run_yaml(tmp_path, tiny_tokenizer_dir):
+    """A YAML config of a 4-step run into tmp_path/run; returns (config path, run dir)."""
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows())
+    cfg = {"model": {"tokenizer": str(tiny_tokenizer_dir), "from_scratch": SCRATCH},
+           "data": {"sources": [{"path": str(data)}], "max_seq_len": 64, "cache_dir": str(tmp_path / "cache")},
+           "train": {"max_steps": 4, "lr": 1e-2, "micro_batch_size": 4, "progress": False, "save_every_steps": 2},
+           "eval": {"samples": 0},
+           "output": {"dir": str(tmp_path / "run"), "report": False}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, tmp_path / "run"
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------ run directories
+
+
+def test_rerun_into_a_finished_run_is_refused_and_loses_nothing(tmp_path, run_yaml, capsys):
+    config, run = run_yaml
+    assert cli(capsys, "train", str(config))[0] == 0
+    before = snapshot(run)
+    code, _, err = cli(capsys, "train", str(config))
+    assert code == 2
+    assert err.startswith(f"error: {run} already holds a run (checkpoints/step-000002, final/). "
+                          "Continue it with --set train.resume=auto, start over with --set "
+                          "output.overwrite=true")
+    assert snapshot(run) == before
+
+
+def test_overwrite_that_fails_on_missing_data_keeps_the_previous_run(tmp_path, run_yaml, capsys):
+    config, run = run_yaml
+    assert cli(capsys, "train", str(config))[0] == 0
+    before = snapshot(run)
+    code, _, err = cli(capsys, "train", str(config), "--set", "output.overwrite=true",
+                       "--set", f"data.sources.0.path={tmp_path / 'missing.jsonl'}")
+    assert code == 2 and "missing.jsonl" in err.splitlines()[0]
+    after = snapshot(run)
+    assert {k: v for k, v in after.items() if k.startswith(("checkpoints", "final"))} == \
+        {k: v for k, v in before.items() if k.startswith(("checkpoints", "final"))}
+    assert after["config.yaml"] == before["config.yaml"] and after["metrics.jsonl"] == before["metrics.jsonl"]
+
+
+def test_overwrite_replaces_the_previous_run_and_says_so(tmp_path, run_yaml, capsys):
+    config, run = run_yaml
+    assert cli(capsys, "train", str(config))[0] == 0
+    old_final = (run / "final" / "model.safetensors").read_bytes()
+    code, out, _ = cli(capsys, "train", str(config), "--set", "output.overwrite=true", "--set", "train.max_steps=3",
+                       "--set", "train.seed=1")
+    assert code == 0
+    assert f"output.overwrite: removed the previous run's checkpoints, final, metrics.jsonl, summary.json from {run}" in out
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002"]
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+    assert (run / "final" / "model.safetensors").read_bytes() != old_final
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == 1
+
+
+def test_resume_by_path_verifies_the_checkpoint(tmp_path, run_yaml, capsys):
+    config, run = run_yaml
+    assert cli(capsys, "train", str(config))[0] == 0
+    ckpt = run / "checkpoints" / "step-000002"
+    data = bytearray((ckpt / "trainable.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (ckpt / "trainable.safetensors").write_bytes(bytes(data))
+    code, _, err = cli(capsys, "train", str(config), "--set", f"train.resume={ckpt}")
+    assert code == 2
+    assert err.startswith(f"stopped: train.resume: {ckpt} fails verification (manifest missing or a file's sha256 "
+                          "differs: damaged or half-written)")
+    assert not (run / "checkpoints" / "step-000004").exists() and (run / "final").is_dir()
+
+
+def test_resume_keeps_config_refuses_breaking_changes_and_records_the_rest(tmp_path, run_yaml, capsys):
+    config, run = run_yaml
+    assert cli(capsys, "train", str(config))[0] == 0
+    saved = (run / "config.yaml").read_text()
+    code, _, err = cli(capsys, "train", str(config), "--set", "train.resume=auto", "--set", "train.seed=7")
+    assert code == 2 and err.startswith(f"error: cannot resume {run} with changed train.seed: 42 -> 7")
+    code, out, _ = cli(capsys, "train", str(config), "--set", "train.resume=auto", "--set", "train.lr=0.005")
+    assert code == 0
+    assert "note: resuming with train.lr changed: 0.01 -> 0.005" in out
+    assert (run / "config.yaml").read_text() == saved
+    record = json.loads((run / "config_changes.jsonl").read_text())
+    assert record["changes"] == {"train.lr": [0.01, 0.005]}
+
+
+def test_output_dir_under_a_file_or_read_only(tmp_path, run_yaml, capsys):
+    config, _ = run_yaml
+    (tmp_path / "afile").write_text("x")
+    code, _, err = cli(capsys, "train", str(config), "--set", f"output.dir={tmp_path / 'afile' / 'run'}")
+    assert code == 2 and err.startswith(f"error: output.dir {tmp_path / 'afile' / 'run'}: {tmp_path / 'afile'} is a file")
+    if os.geteuid() == 0:
+        return  # root writes anywhere: the read-only case cannot be made here
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    code, _, err = cli(capsys, "train", str(config), "--set", f"output.dir={ro / 'run'}")
+    assert code == 2 and "is not writable" in err
+
+
+def start_train(config: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sftlab", "train", str(config), *extra], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, seconds: float = 120) -> None:
+    end = time.time() + seconds
+    while not predicate():
+        if time.time() > end:
+            raise AssertionError("timed out")
+        time.sleep(0.2)
+
+
+def test_second_run_on_a_locked_folder_is_refused_and_a_stale_lock_is_taken_over(tmp_path, run_yaml):
+    config, run = run_yaml
+    first = start_train(config, "--set", "train.max_steps=100000", "--set", "train.save_every_steps=5")
+    try:
+        wait_for(lambda: (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("step-*")))
+        owner = json.loads((run / ".lock").read_text())
+        assert owner["pid"] == first.pid
+        second = subprocess.run([sys.executable, "-m", "sftlab", "train", str(config), "--set", "train.resume=auto"],
+                                cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert second.stderr.startswith(f"error: {run} is in use by another run (pid {first.pid} on ")
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert (run / ".lock").is_file()  # a killed run leaves its lock ...
+    third = subprocess.run([sys.executable, "-m", "sftlab", "train", str(config), "--set", "train.resume=auto",
+                            "--set", "train.max_steps=20"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr
+    assert f"note: {run / '.lock'} was left by a run that is gone (pid {first.pid}); taking it over" in third.stdout
+    assert not (run / ".lock").exists() and (run / "final").is_dir()
+    assert third.stdout.splitlines()[-1].startswith("done: 20 steps")
+
+
+# ------------------------------------------------------------------------------------------- configs
+
+BAD_VALUES = [
+    ("train.epochs=-1", "train.epochs: -1.0 is out of range; it must be > 0"),
+    ("train.max_steps=-5", "train.max_steps: -5 is out of range; it must be >= 0 (0: from epochs)"),
+    ("data.max_seq_len=-5", "data.max_seq_len: -5 is out of range; it must be >= 2"),
+    ("train.warmup_ratio=2", "train.warmup_ratio: 2.0 is out of range; it must be in [0, 1]"),
+    ("train.keep_last=-1", "train.keep_last: -1 is out of range; it must be >= 1"),
+    ("eval.split_ratio=1.5", "eval.split_ratio: 1.5 is out of range; it must be in [0, 1)"),
+    ("train.micro_batch_size=0", "train.micro_batch_size: 0 is out of range; it must be >= 1"),
+    ("train.grad_accum=0", "train.grad_accum: 0 is out of range; it must be >= 1"),
+    ("train.lr=-1", "train.lr: -1.0 is out of range; it must be in [0, 1]"),
+    ("train.lr=1e6", "train.lr: 1000000.0 is out of range; it must be in [0, 1]"),
+    ("train.segment_attention=true", "train.segment_attention needs data.packing: true"),
+    ("data.sources.100000000.path=x", "override 'data.sources.100000000.path': list index '100000000' must be a "
+     "number from 0 to 1000"),
+]
+
+
+@pytest.mark.parametrize("override,first_line", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_values_that_make_no_sense_are_refused_at_load(capsys, override, first_line):
+    code, _, err = cli(capsys, "config", "show", "--set", override)
+    assert code == 2 and err.startswith(f"error: {first_line}")
+
+
+def test_segment_attention_with_eager_attention_is_refused(capsys):
+    code, _, err = cli(capsys, "config", "show", "--set", "data.packing=true", "--set", "train.segment_attention=true",
+                       "--set", "model.attn_implementation=eager")
+    assert code == 2 and err.startswith("error: train.segment_attention runs on sdpa or flash_attention_2")
+
+
+def test_yaml_aliases_and_duplicate_keys_are_refused(tmp_path, capsys):
+    bomb = tmp_path / "bomb.yaml"
+    layers = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    layers += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 9)]
+    bomb.write_text("model:\n  from_scratch:\n" + "".join(f"    {line}\n" for line in layers))
+    code, _, err = cli(capsys, "config", "show", str(bomb))
+    assert code == 2 and err.startswith(f"error: {bomb}: YAML anchors and aliases (& and *) are not accepted")
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("train:\n  lr: 1.0e-4\n  lr: 2.0e-4\n")
+    code, _, err = cli(capsys, "config", "show", str(dup))
+    assert code == 2 and err.startswith(f"error: {dup}: duplicate key 'lr' (line 3): each key once")

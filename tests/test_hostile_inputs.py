@@ -220,3 +220,164 @@ def test_yaml_aliases_and_duplicate_keys_are_refused(tmp_path, capsys):
     dup.write_text("train:\n  lr: 1.0e-4\n  lr: 2.0e-4\n")
     code, _, err = cli(capsys, "config", "show", str(dup))
     assert code == 2 and err.startswith(f"error: {dup}: duplicate key 'lr' (line 3): each key once")
+
+
+def test_tokens_per_second_after_a_resume_counts_this_run_only(tmp_path, run_yaml, capsys, monkeypatch):
+    config, run = run_yaml
+    assert cli(capsys, "train", str(config))[0] == 0
+    at_step_2 = json.loads((run / "checkpoints" / "step-000002" / "state.json").read_text())["tokens"]
+    (run / "final").rename(tmp_path / "old_final")
+    monkeypatch.setenv("SFTLAB_FAULTS", "sleep_after_step=3:1.0")  # a train time that rounding cannot blur
+    assert cli(capsys, "train", str(config), "--set", "train.resume=auto")[0] == 0
+    s = json.loads((run / "summary.json").read_text())
+    assert 0 < at_step_2 < s["tokens"]
+    assert s["tokens_per_s"] * s["train_time_s"] == pytest.approx(s["tokens"] - at_step_2, rel=0.02)
+
+
+# ------------------------------------------------------------------------------------------- faults
+
+
+def run_with_faults(config: Path, faults: str, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SFTLAB_FAULTS": faults}
+    return subprocess.run([sys.executable, "-m", "sftlab", "train", str(config), *extra], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_disk_full_while_writing_a_checkpoint(tmp_path, run_yaml):
+    config, run = run_yaml
+    proc = run_with_faults(config, "disk_full_in_checkpoint=2")
+    assert proc.returncode == 5 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("stopped: could not write checkpoint at step 2 ([Errno 28] No "
+                                                   "space left on device; ")
+    assert "MiB free on that disk); the last valid checkpoint is kept in" in proc.stderr
+    assert list((run / "checkpoints").iterdir()) == []  # no step-000002.tmp left
+    assert json.loads((run / "status.json").read_text())["state"] == "stopped"
+
+
+def test_disk_full_while_writing_final_keeps_checkpoints_and_a_rerun_finishes(tmp_path, run_yaml):
+    config, run = run_yaml
+    proc = run_with_faults(config, "disk_full_in_final")
+    assert proc.returncode == 5 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith(f"stopped: could not write {run / 'final'} ([Errno 28] No space "
+                                                   "left on device; ")
+    assert not (run / "final").exists() and not (run / "final.tmp").exists()
+    assert (run / "checkpoints" / "step-000002").is_dir()
+    again = run_with_faults(config, "", "--set", "train.resume=auto")
+    assert again.returncode == 0 and (run / "final" / "model.safetensors").is_file()
+
+
+def test_internal_error_is_one_message_and_a_log_file(monkeypatch, capsys):
+    import sftlab.config
+
+    def broken(*a, **k):
+        raise RuntimeError("something inside broke\nsecond line")
+
+    monkeypatch.setattr(sftlab.config, "load_config", broken)
+    code = main(["config", "show"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith("internal error: RuntimeError: something inside broke\n(the traceback is in ")
+    log = Path(err.split("the traceback is in ")[1].split(";")[0])
+    assert "Traceback" in log.read_text() and "something inside broke" in log.read_text()
+    log.unlink()
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@pytest.mark.parametrize("content,what", [(b"", "is empty (0 bytes)"), (b"\n\n   \n\t\n", "holds only blank lines")])
+def test_empty_and_blank_data_files_are_one_clear_error(tmp_path, run_yaml, capsys, content, what):
+    config, run = run_yaml
+    (tmp_path / "empty.jsonl").write_bytes(content)
+    code, _, err = cli(capsys, "train", str(config), "--set", f"data.sources.0.path={tmp_path / 'empty.jsonl'}")
+    assert code == 2
+    assert err.startswith(f"error: empty.jsonl: the data {what}: there are no records to read")
+
+
+def test_deep_and_duplicate_key_records_are_counted_skips(tmp_path, run_yaml, capsys):
+    config, run = run_yaml
+    rows = [json.dumps(r) for r in chat_rows(8)]
+    rows.insert(2, '{"text": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    rows.insert(5, '{"messages": [], "messages": []}')
+    (tmp_path / "hostile.jsonl").write_text("\n".join(rows) + "\n")
+    src = f"data.sources.0.path={tmp_path / 'hostile.jsonl'}"
+    code, _, err = cli(capsys, "train", str(config), "--set", src)
+    assert code == 2 and err.startswith("error: hostile.jsonl:3: the record is nested too deeply to read")
+    code, _, err = cli(capsys, "train", str(config), "--set", src, "--set", "data.on_error=skip")
+    assert code == 0
+    report = json.loads((run / "data_report.json").read_text())["train"]
+    assert report["records_in"] == 10 and report["records_kept"] == 8
+    assert report["skipped"] == {"too_deep": 1, "duplicate_key": 1}
+    skipped = [json.loads(x) for x in (run / "skipped.jsonl").read_text().splitlines()]
+    assert [(s["origin"], s["reason"]) for s in skipped] == [("hostile.jsonl:3", "too_deep"),
+                                                            ("hostile.jsonl:6", "duplicate_key")]
+
+
+def test_losing_most_records_to_truncation_is_loud(tmp_path, run_yaml, capsys):
+    config, run = run_yaml
+    rows = [{"messages": [{"role": "user", "content": "Tell me a story."},
+                          {"role": "assistant", "content": "Once upon a time " * 40}]} for _ in range(20)]
+    write_jsonl(tmp_path / "long.jsonl", rows + chat_rows(4))
+    code, _, err = cli(capsys, "train", str(config), "--set", f"data.sources.0.path={tmp_path / 'long.jsonl'}")
+    assert code == 0
+    lines = err.splitlines()
+    assert lines[0] == (f"warning: 20 of 24 records (83.3%) were removed before training (each one is in "
+                        f"{run / 'skipped.jsonl'}):")
+    assert lines[1].startswith("  empty_mask: 20 (nothing left to train (a reply cut off by data.max_seq_len")
+    assert "raise data.max_seq_len, set data.truncation: split" in lines[1]
+    # a small share stays quiet
+    write_jsonl(tmp_path / "mostly_fine.jsonl", rows[:1] + chat_rows(24))
+    code, _, err = cli(capsys, "train", str(config), "--set", f"data.sources.0.path={tmp_path / 'mostly_fine.jsonl'}",
+                       "--set", "output.overwrite=true")
+    assert code == 0 and "were removed before training" not in err
+
+
+# ------------------------------------------------------------------------------------ models, adapters
+
+
+@pytest.fixture()
+def lora_run(tmp_path, run_yaml, capsys):
+    """A LoRA run on a saved base (the from-scratch run's final/, moved to tmp_path/base)."""
+    config, run = run_yaml
+    assert cli(capsys, "train", str(config), "--set", "train.max_steps=1")[0] == 0
+    (run / "final").rename(tmp_path / "base")
+    code = cli(capsys, "train", str(config), "--set", f"model.name_or_path={tmp_path / 'base'}", "--set",
+               "model.from_scratch=null", "--set", "model.tokenizer=null", "--set", "lora.enabled=true",
+               "--set", "train.max_steps=1", "--set", f"output.dir={tmp_path / 'lora'}")[0]
+    assert code == 0
+    return tmp_path / "lora" / "final", tmp_path / "base"
+
+
+def test_adapter_whose_base_is_gone(tmp_path, lora_run, capsys):
+    adapter, base = lora_run
+    base.rename(tmp_path / "moved")
+    for argv in (["generate", "--model", str(adapter), "hi"], ["merge", "--adapter", str(adapter), "--out",
+                 str(tmp_path / "m")], ["export", str(adapter), "--out", str(tmp_path / "e")]):
+        code, _, err = cli(capsys, *argv)
+        assert code == 2, argv
+        assert err.startswith(f"error: the base model of the LoRA adapter {adapter} cannot be loaded: "), err
+        assert "pass the base with --base DIR" in err
+    code, _, err = cli(capsys, "merge", "--adapter", str(adapter), "--base", str(tmp_path / "moved"),
+                       "--out", str(tmp_path / "m"))
+    assert code == 0
+
+
+def test_merge_onto_a_base_of_another_shape(tmp_path, lora_run, tiny_tokenizer, capsys):
+    from sftlab.model.tiny import build_tiny_llama
+
+    adapter, _ = lora_run
+    other = build_tiny_llama(len(tiny_tokenizer), seed=0)  # hidden 64, not 32
+    other.save_pretrained(tmp_path / "other")
+    tiny_tokenizer.save_pretrained(tmp_path / "other")
+    code, _, err = cli(capsys, "merge", "--adapter", str(adapter), "--base", str(tmp_path / "other"),
+                       "--out", str(tmp_path / "m"))
+    assert code == 2
+    assert err.splitlines()[-1].startswith(f"error: the LoRA adapter {adapter} does not fit the base model '{tmp_path / 'other'}' "
+                          "(size mismatch for ")
+    assert not (tmp_path / "m").exists()
+
+
+def test_tokenizer_path_that_does_not_exist(tmp_path, run_yaml, capsys):
+    config, _ = run_yaml
+    code, _, err = cli(capsys, "train", str(config), "--set", f"model.tokenizer={tmp_path / 'no' / 'tok'}")
+    assert code == 2 and err.startswith(f"error: model path does not exist: {tmp_path / 'no' / 'tok'}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from sftlab import __version__
@@ -382,6 +383,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not a user error: a short message, the traceback in a file
+        if args.verbose:
+            raise
+        log = _write_traceback(e)
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"internal error: {type(e).__name__}: {first}\n(the traceback is in {log}; please report it with "
+              "that file, or rerun with -v to see it)", file=sys.stderr)
+        return 1
+
+
+def _write_traceback(e: BaseException) -> str:
+    """The traceback of ``e`` in a new file under the system temporary folder; returns its path."""
+    import tempfile
+    import time
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix=f"sftlab-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(f"sftlab {__version__}: {' '.join(sys.argv)}\n")
+        f.write("".join(traceback.format_exception(e)))
+    return path
 
 
 if __name__ == "__main__":

@@ -152,6 +152,7 @@ class DataConfig:
     # longer than max_seq_len: truncate_right | truncate_left | drop | split (into max_seq_len pieces, each trained)
     truncation: Literal["truncate_right", "truncate_left", "drop", "split"] = "truncate_right"
     on_error: Literal["raise", "skip"] = "raise"  # bad record: stop with an error, or skip and count
+    warn_removed_share: float = 0.1  # a console warning (per reason, with the fix) when more than this share of records is removed
     skipped_file: str | None = None  # where skipped records go (default: OUTPUT/skipped.jsonl)
     num_proc: int = 1  # tokenisation processes
     cache_dir: str | None = ".cache/sftlab"  # tokenised-data cache; None disables
@@ -528,6 +529,7 @@ def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -
 RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.max_seq_len": (lambda v: v >= 2, ">= 2"),
     "data.num_proc": (lambda v: v >= 1, ">= 1"),
+    "data.warn_removed_share": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "data.sources[].limit": (lambda v: v is None or v >= 1, ">= 1"),
     "data.sources[].weight": (lambda v: v is None or v >= 0, ">= 0"),
     "data.sources[].count": (lambda v: v is None or v >= 0, ">= 0"),

@@ -39,13 +39,9 @@ def load_for_inference(model_dir: str | Path, trust_remote_code: bool = False):
     path = resolve_model_dir(model_dir)
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if (path / "adapter_config.json").is_file():
-        from peft import PeftModel
+        from sftlab.model.load import load_adapter_model
 
-        from sftlab.model.export import read_adapter_base
-        from sftlab.model.load import load_base_model
-
-        base = load_base_model(read_adapter_base(path), trust_remote_code=trust_remote_code)
-        model = PeftModel.from_pretrained(base, str(path))
+        model = load_adapter_model(path, trust_remote_code=trust_remote_code)
     else:
         model = AutoModelForCausalLM.from_pretrained(
             str(path), trust_remote_code=trust_remote_code, use_safetensors=True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 import uuid
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from sftlab.data.encode import (
 from sftlab.data.errors import DataError, find_data_error
 from sftlab.data.mixing import mix_dataset, specs_from_sources
 from sftlab.data.render import RenderSpec, build_render_spec
-from sftlab.data.report import DataReport, add_source, source_report, token_stats
+from sftlab.data.report import DataReport, add_source, removal_warnings, source_report, token_stats
 from sftlab.data.sources import load_source, source_fingerprint, source_name
 from sftlab.data.templates import resolve_chat_template, split_markers
 
@@ -58,6 +59,8 @@ def build_dataset(
     """
     with _progress_bars(progress):
         dataset, report = _build(data_cfg, tokenizer, sources, skipped_path, allow_empty)
+    for line in removal_warnings(report, data_cfg.warn_removed_share, skipped_path):
+        print(f"warning: {line}" if not line.startswith(" ") else line, file=sys.stderr)
     # ---- mixing: after every source is built, as the last step (sampling needs no tokenising, so it runs
     # after the cache and a change of weights re-tokenises nothing)
     if mix:

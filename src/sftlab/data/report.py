@@ -237,3 +237,25 @@ def length_histograms(lengths, trained, sources, bins: int = 20) -> dict[str, An
             counts[name] = np.bincount(idx, minlength=len(edges) - 1).astype(int).tolist()
         out[f"{key}_edges"], out[f"{key}_counts"] = edges, counts
     return out
+
+
+# What to do about records removed for a reason (the console warning of a large share removed).
+REMOVAL_FIXES = {
+    "too_long": "longer than data.max_seq_len with truncation: drop; raise data.max_seq_len or set data.truncation: split",
+    "empty_mask": "nothing left to train (a reply cut off by data.max_seq_len loses its end of turn, or the mask "
+    "selects no token); raise data.max_seq_len, set data.truncation: split, or check data.mask",
+}
+
+
+def removal_warnings(report: DataReport, share: float, skipped_path: str | None = None) -> list[str]:
+    """Console lines when more than ``share`` of the records were removed: per reason, with the fix."""
+    removed = {k: v for k, v in sorted(report.removed_by_reason().items(), key=lambda kv: -kv[1]) if v}
+    total = sum(removed.values())
+    if not report.records_in or total <= share * report.records_in:
+        return []
+    where = f"each one is in {skipped_path}" if skipped_path else "see the removed records"
+    lines = [f"{total:,} of {report.records_in:,} records ({100 * total / report.records_in:.1f}%) were removed "
+             f"before training ({where}):"]
+    for reason, n in removed.items():
+        lines.append(f"  {reason}: {n:,} ({REMOVAL_FIXES.get(reason, 'the records fail validation; fix or drop them')})")
+    return lines

@@ -119,6 +119,19 @@ def source_fingerprint(cfg: SourceConfig, hf_cache_dir: str | None = None) -> st
     return load_source(cfg, hf_cache_dir).dataset._fingerprint
 
 
+def check_has_records(files: list[Path]) -> None:
+    """A ``DataError`` naming the file when every data file is empty or holds only whitespace."""
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 16), b""):
+                if block.strip(b" \t\r\n\xef\xbb\xbf"):
+                    return
+    what = "is empty (0 bytes)" if all(f.stat().st_size == 0 for f in files) else "holds only blank lines"
+    where = files[0].name if len(files) == 1 else f"{files[0].parent} ({len(files)} files)"
+    raise DataError(f"the data {what}: there are no records to read", reason="empty_file", origin=where,
+                    fix="point data.sources[].path at a file with records (JSON lines: one object per line)")
+
+
 def load_source(cfg: SourceConfig, hf_cache_dir: str | None = None) -> LoadedSource:
     """Load ``cfg.path`` (first ``cfg.limit`` records) as a dataset; errors name the path and the fix."""
     if not cfg.path:
@@ -131,6 +144,7 @@ def load_source(cfg: SourceConfig, hf_cache_dir: str | None = None) -> LoadedSou
         return _load_saved(path, cfg, name)
     if path.exists():
         files = list_data_files(path)
+        check_has_records(files)
         if files[0].suffix.lower() in JSON_SUFFIXES:
             return _load_json(files, cfg, name, hf_cache_dir)
         return _load_tables(files, cfg, name, hf_cache_dir)
@@ -320,6 +334,9 @@ def _iter_json_document(path: str) -> Iterator[tuple[str, str, str]]:
         return
     try:
         doc = json.loads(text)
+    except RecursionError:
+        raise DataError("the document is nested too deeply to read", reason=TOO_DEEP, origin=Path(path).name,
+                        fix="flatten the records, or write them as JSON lines (.jsonl) so one can be skipped") from None
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # several JSON objects, one per line: JSON lines with a .json name
             yield from _iter_jsonl(path)
@@ -348,6 +365,11 @@ def _iter_json_list(text: str, pos: int, path: str) -> Iterator[tuple[str, str, 
             _, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise _document_error(path, e) from None
+        except RecursionError:
+            raise DataError("a record is nested too deeply to read", reason=TOO_DEEP,
+                            origin=f"{Path(path).name}:{line}",
+                            fix="flatten the record, or write the data as JSON lines (.jsonl) so it can be skipped"
+                            ) from None
         yield str(line), text[pos:end], ""
         pos = skip(end)
         if pos < len(text) and text[pos] == ",":

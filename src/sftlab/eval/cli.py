@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from sftlab.config import ConfigError
 
@@ -31,7 +32,12 @@ def load_model_and_tokenizer(path: str, dtype: str = "float32", attn_implementat
         name_or_path=path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=False
     )
     tokenizer = load_tokenizer(cfg)
-    model = load_model(cfg, tokenizer)
+    if (Path(path) / "adapter_config.json").is_file():  # a LoRA adapter: on its base, merged for scoring
+        from sftlab.model.load import load_adapter_model
+
+        model = load_adapter_model(path).merge_and_unload()
+    else:
+        model = load_model(cfg, tokenizer)
     model.eval()
     return model, tokenizer
 

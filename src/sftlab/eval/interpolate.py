@@ -27,9 +27,9 @@ def load_tuned(tuned_dir: str | Path, base_model, dtype: str = "float32"):
     if not tuned_dir.is_dir():
         raise ConfigError(f"--tuned: model folder not found: {tuned_dir}")
     if (tuned_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
+        from sftlab.model.load import attach_adapter
 
-        merged = PeftModel.from_pretrained(copy.deepcopy(base_model), str(tuned_dir)).merge_and_unload()
+        merged = attach_adapter(copy.deepcopy(base_model), tuned_dir, "--base").merge_and_unload()
         return merged.eval()
     return load_model_and_tokenizer(str(tuned_dir), dtype)[0]
 

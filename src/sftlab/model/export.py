@@ -20,17 +20,13 @@ def read_adapter_base(adapter_dir: Path) -> str:
 
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None, max_shard_size: str = "5GB"):
     """Load base + adapter with plain transformers / peft, merge, save a plain model (and tokenizer)."""
-    from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from sftlab.model.load import load_base_model
+    from sftlab.model.load import load_adapter_model
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     base = base or read_adapter_base(adapter_dir)
-    if not base:
-        raise ConfigError("the adapter does not name its base model: pass --base DIR")
-    model = load_base_model(base)
-    model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    model = load_adapter_model(adapter_dir, base).merge_and_unload()
     tok_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -156,6 +156,36 @@ def load_base_model(name: str, trust_remote_code: bool = False):
     return load_gguf_model(gguf) if gguf is not None else load_pretrained(cfg, torch.float32)
 
 
+def attach_adapter(base_model, adapter_dir, base_name: str = ""):
+    """``PeftModel.from_pretrained(base_model, adapter_dir)``; an adapter that does not fit the base (another
+    architecture or size) is a ConfigError, not a size-mismatch traceback."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(base_model, str(adapter_dir))
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), "")
+        raise ConfigError(f"the LoRA adapter {adapter_dir} does not fit the base model {base_name!r} ({first}); "
+                          "give the base it was trained on") from None
+
+
+def load_adapter_model(adapter_dir, base: str | None = None, trust_remote_code: bool = False):
+    """A LoRA adapter folder on its base (``base``, else the one named in ``adapter_config.json``)."""
+    from sftlab.model.export import read_adapter_base
+
+    base = base or read_adapter_base(Path(adapter_dir))
+    if not base:
+        raise ConfigError(f"the LoRA adapter {adapter_dir} does not name its base model: pass --base DIR")
+    try:
+        base_model = load_base_model(base, trust_remote_code=trust_remote_code)
+    except ConfigError as e:
+        raise ConfigError(f"the base model of the LoRA adapter {adapter_dir} cannot be loaded: {e}. Restore it, "
+                          "or pass the base with --base DIR (sftlab merge)") from None
+    return attach_adapter(base_model, adapter_dir, base)
+
+
 def param_numel(p) -> int:
     """Elements of a parameter, also when DeepSpeed ZeRO-3 has partitioned it (its local tensor is empty)."""
     return int(getattr(p, "ds_numel", p.numel()))

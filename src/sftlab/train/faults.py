@@ -5,11 +5,14 @@
   ``nan_every_step``: every step's.
 - ``sleep_after_step=K:S``: sleep S seconds after step K (a window for an external SIGKILL).
 - ``kill_in_checkpoint=K``: SIGKILL this process half-way through writing checkpoint K.
+- ``disk_full_in_checkpoint=K`` / ``disk_full_in_final``: writing checkpoint K / ``final/`` fails half-way
+  as a full disk does (``OSError`` ENOSPC).
 Unset (the normal case), every hook is a no-op.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -37,3 +40,9 @@ class Faults:
     def during_checkpoint(self, step: int) -> None:
         if self.opts.get("kill_in_checkpoint") == str(step):
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.opts.get("disk_full_in_checkpoint") == str(step):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def during_final(self) -> None:
+        if "disk_full_in_final" in self.opts:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

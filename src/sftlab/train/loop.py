@@ -293,6 +293,14 @@ def _progress(enabled: bool):
     )
 
 
+try:  # what writing weights can raise: OS errors, and safetensors' own on a short write (a full disk)
+    from safetensors import SafetensorError
+
+    WRITE_ERRORS: tuple[type[BaseException], ...] = (OSError, SafetensorError)
+except ImportError:  # older safetensors
+    WRITE_ERRORS = (OSError,)
+
+
 class TrainingStopped(Exception):
     """The run stopped early on purpose; ``exit_code`` tells why (3 signal, 4 non-finite, 5 disk)."""
 
@@ -347,6 +355,18 @@ def all_finite(loss: torch.Tensor, accelerator) -> bool:
 
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     return bool(ok)
+
+
+def write_problem(e: Exception, where: Path) -> str:
+    """One line on a failed write: the error's first line and the space left where it wrote."""
+    import shutil
+
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    try:
+        free = shutil.disk_usage(where if where.exists() else where.parent).free
+        return f"{first}; {free / 2**20:,.0f} MiB free on that disk"
+    except OSError:
+        return first
 
 
 def checked_checkpoint(ckpt: Path) -> Path:
@@ -494,10 +514,10 @@ def train(
                 )
             else:
                 save_checkpoint(ckpt_root, step, lm, optimizer, scheduler, state, faults)
-        except OSError as e:
+        except WRITE_ERRORS as e:
             raise TrainingStopped(
-                f"could not write checkpoint at step {step} ({e}); the last valid checkpoint "
-                f"is kept in {ckpt_root}. Free disk space, then resume with train.resume=auto",
+                f"could not write checkpoint at step {step} ({write_problem(e, ckpt_root)}); the last valid "
+                f"checkpoint is kept in {ckpt_root}. Free disk space, then resume with train.resume=auto",
                 5,
             ) from None
         if accelerator.is_main_process:

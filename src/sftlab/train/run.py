@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from sftlab.config import Config, ConfigError, to_dict
+from sftlab.train.loop import WRITE_ERRORS, TrainingStopped, write_problem
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,21 @@ def save_final(model, tokenizer, path: Path, state_dict: dict | None = None) -> 
     """
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_final(model, tokenizer, tmp, state_dict)
+    except WRITE_ERRORS as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TrainingStopped(f"could not write {path} ({write_problem(e, path.parent)}). The checkpoints are kept: "
+                              "free disk space, then run again with train.resume=auto to write it", 5) from None
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
+def _write_final(model, tokenizer, tmp: Path, state_dict: dict | None) -> None:
+    from sftlab.train.faults import Faults
+
     gen = model.generation_config
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if gen.eos_token_id is not None:
@@ -100,11 +116,8 @@ def save_final(model, tokenizer, path: Path, state_dict: dict | None = None) -> 
     gen.eos_token_id = eos[0] if len(eos) == 1 else (eos or None)
     gen.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
+    Faults().during_final()
     tokenizer.save_pretrained(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-    return path
 
 
 def run_training(cfg: Config, progress: bool | None = None) -> dict:
@@ -134,7 +147,7 @@ def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
         write_report_or_warn,
         write_status,
     )
-    from sftlab.train.loop import TrainingStopped, build_accelerator, train
+    from sftlab.train.loop import build_accelerator, train
     from sftlab.train.outdir import start_run
     from sftlab.train.stages import is_staged, run_stages
 
@@ -203,7 +216,11 @@ def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
     final_dir = None
     if cfg.output.save_final and accelerator.is_main_process:
         model = accelerator.unwrap_model(model)
-        final_dir = str(save_final(model, tokenizer, out / "final", state_dict=result.full_state_dict))
+        try:
+            final_dir = str(save_final(model, tokenizer, out / "final", state_dict=result.full_state_dict))
+        except TrainingStopped:  # disk full or not writable: the checkpoints stay, the run says it stopped
+            write_status(out, "stopped")
+            raise
         if cfg.lora.enabled and cfg.lora.merge_on_save and sharded:
             print(f"warning: lora.merge_on_save is skipped under {engine_name}; run: sftlab merge --adapter {final_dir}")
         elif cfg.lora.enabled and cfg.lora.merge_on_save:

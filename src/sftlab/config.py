@@ -568,11 +568,46 @@ RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "eval.tasks[].max_new_tokens": (lambda v: v >= 1, ">= 1"),
     "eval.tasks[].max_tokens": (lambda v: v >= 2, ">= 2"),
     "eval.tasks[].seq_len": (lambda v: v >= 2, ">= 2"),
+    "eval.tasks[].num_fewshot": (lambda v: v is None or v >= 0, ">= 0"),
+    "data.mixture.temperature": (lambda v: v is None or v > 0, "> 0"),
+    "data.mixture.total": (lambda v: v is None or v >= 1, ">= 1"),
+    "data.clean.dedup.shingle_words": (lambda v: v >= 1, ">= 1"),
+    "data.clean.dedup.bands": (lambda v: v >= 1, ">= 1"),
+    "data.clean.dedup.rows": (lambda v: v >= 1, ">= 1"),
+    "data.clean.dedup.threshold": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "data.clean.filter.min_response_words": (lambda v: v >= 0, ">= 0"),
+    "data.clean.filter.max_response_words": (lambda v: v is None or v >= 1, ">= 1"),
+    "data.clean.filter.prompt_echo_share": (lambda v: v is None or 0 <= v <= 1, "in [0, 1]"),
+    "data.clean.filter.max_duplicate_line_share": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "data.clean.filter.max_top_ngram_share": (lambda v: all(0 <= x <= 1 for x in v), "three values in [0, 1]"),
+    "data.clean.filter.max_nonprintable_share": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "data.clean.decontaminate.ngram": (lambda v: v >= 1, ">= 1"),
+    "data.clean.decontaminate.coverage": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "data.clean.decontaminate.long_ngram": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "data.clean.select.budget": (lambda v: v is None or v >= 1, ">= 1"),
+    "data.clean.select.share": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
+    "data.clean.select.max_ifd": (lambda v: v > 0, "> 0"),
+    "data.clean.select.diversity": (lambda v: v is None or -1 <= v <= 1, "in [-1, 1]"),
+    "data.clean.select.max_seq_len": (lambda v: v >= 2, ">= 2"),
+    "data.clean.select.batch_size": (lambda v: v >= 1, ">= 1"),
+    "select.last_n": (lambda v: v >= 1, ">= 1"),
+    "stages[].epochs": (lambda v: v is None or v > 0, "> 0"),
+    "stages[].max_steps": (lambda v: v is None or v >= 0, ">= 0"),
+    "stages[].lr": (lambda v: v is None or 0 <= v <= 1, "in [0, 1]"),
+    "stages[].warmup_steps": (lambda v: v is None or v >= 0, ">= 0"),
+    "stages[].warmup_ratio": (lambda v: v is None or 0 <= v <= 1, "in [0, 1]"),
+    "stages[].min_lr_ratio": (lambda v: v is None or 0 <= v <= 1, "in [0, 1]"),
+    "stages[].sources[].weight": (lambda v: v is None or v >= 0, ">= 0"),
+    "stages[].sources[].count": (lambda v: v is None or v >= 0, ">= 0"),
+    "stages[].sources[].fraction": (lambda v: v is None or v >= 0, ">= 0"),
+    "dmt.k": (lambda v: 0 < v <= 1, "in (0, 1]"),
 }
 
 
 def _values_at(cfg: Any, path: str):
     """(concrete key, value) pairs for a RANGES key; ``[]`` walks every entry of a list."""
+    if not dataclasses.is_dataclass(cfg):  # a bare-name stage source, an unset optional section
+        return
     head, _, rest = path.partition(".")
     name = head.removesuffix("[]")
     value = getattr(cfg, name)

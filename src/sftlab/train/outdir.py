@@ -29,7 +29,7 @@ LOCK = ".lock"
 CONFIG = "config.yaml"
 CHANGES = "config_changes.jsonl"
 # What a fresh run with output.overwrite removes: the previous run's trained state and its records.
-PREVIOUS = ("checkpoints", "final", "final.tmp", "merged", "merged.tmp", "metrics.jsonl", "summary.json",
+PREVIOUS = ("checkpoints", "stages", "final", "final.tmp", "merged", "merged.tmp", "metrics.jsonl", "summary.json",
             "scorecard.json", "samples.jsonl", CHANGES)
 # Config keys whose change makes a resume a different run: refused (prefixes of dotted keys).
 FIXED_ON_RESUME = ("model.", "lora.", "select.", "data.", "stages", "dmt.", "train.seed", "train.micro_batch_size",
@@ -48,9 +48,10 @@ def is_main_process() -> bool:
 def previous_run(out: Path) -> list[str]:
     """What of a previous run ``out`` holds: its checkpoints and ``final/`` (empty when none)."""
     found = []
-    ckpts = out / "checkpoints"
-    if ckpts.is_dir():
-        found += sorted(f"checkpoints/{p.name}" for p in ckpts.iterdir() if p.name.startswith("step-"))
+    for ckpts in [out / "checkpoints", *sorted((out / "stages").glob("*/checkpoints"))]:  # staged runs: per stage
+        if ckpts.is_dir():
+            rel = ckpts.relative_to(out)
+            found += sorted(f"{rel}/{p.name}" for p in ckpts.iterdir() if p.name.startswith("step-"))
     if (out / "final").is_dir():
         found.append("final/")
     return found
@@ -194,7 +195,7 @@ def resumes(cfg: Config, out: Path) -> bool:
     """Whether this run continues a checkpoint in ``out`` (``auto`` with none there starts fresh)."""
     if cfg.train.resume == "none":
         return False
-    return cfg.train.resume != "auto" or any(x.startswith("checkpoints/") for x in previous_run(out))
+    return cfg.train.resume != "auto" or any("checkpoints/" in x for x in previous_run(out))
 
 
 def prepare_output_dir(cfg: Config) -> Path:

@@ -351,8 +351,13 @@ def lora_run(tmp_path, run_yaml, capsys):
 def test_adapter_whose_base_is_gone(tmp_path, lora_run, capsys):
     adapter, base = lora_run
     base.rename(tmp_path / "moved")
+    (tmp_path / "t.txt").write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text(yaml.safe_dump({"eval": {"tasks": [{"name": "t", "kind": "perplexity", "path": str(tmp_path / "t.txt"),
+                                                         "seq_len": 16, "max_tokens": 64}]}}))
     for argv in (["generate", "--model", str(adapter), "hi"], ["merge", "--adapter", str(adapter), "--out",
-                 str(tmp_path / "m")], ["export", str(adapter), "--out", str(tmp_path / "e")]):
+                 str(tmp_path / "m")], ["export", str(adapter), "--out", str(tmp_path / "e")],
+                 ["eval", "--model", str(adapter), "--config", str(tasks)]):
         code, _, err = cli(capsys, *argv)
         assert code == 2, argv
         assert err.startswith(f"error: the base model of the LoRA adapter {adapter} cannot be loaded: "), err

@@ -66,6 +66,7 @@ def train_overrides(args, data: Path, eval_file: Path, out: Path, seed: int) -> 
         f"eval.file={eval_file}",
         f"eval.max_records={args.eval_records}",
         f"output.dir={out}",
+        "output.overwrite=true",
         "output.save_final=false",
     ]
 

@@ -70,7 +70,7 @@ def run_config(work: Path, tokenizer: Path, corpus: Path, args) -> Path:
 
 def one_run(config: Path, out: Path, nproc: int, distributed: str) -> float:
     cmd = [sys.executable, "-m", "sftlab", "train", str(config), "--nproc", str(nproc),
-           "--set", f"output.dir={out}", "--set", f"train.distributed={distributed}"]  # fmt: skip
+           "--set", f"output.dir={out}", "--set", "output.overwrite=true", "--set", f"train.distributed={distributed}"]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:

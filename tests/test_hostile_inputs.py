@@ -357,7 +357,7 @@ def test_adapter_whose_base_is_gone(tmp_path, lora_run, capsys):
                                                          "seq_len": 16, "max_tokens": 64}]}}))
     for argv in (["generate", "--model", str(adapter), "hi"], ["merge", "--adapter", str(adapter), "--out",
                  str(tmp_path / "m")], ["export", str(adapter), "--out", str(tmp_path / "e")],
-                 ["eval", "--model", str(adapter), "--config", str(tasks)]):
+                 ["eval", "--model", str(adapter), "--config", str(tasks)], ["chat", "--model", str(adapter)]):
         code, _, err = cli(capsys, *argv)
         assert code == 2, argv
         assert err.startswith(f"error: the base model of the LoRA adapter {adapter} cannot be loaded: "), err
@@ -386,3 +386,42 @@ def test_tokenizer_path_that_does_not_exist(tmp_path, run_yaml, capsys):
     config, _ = run_yaml
     code, _, err = cli(capsys, "train", str(config), "--set", f"model.tokenizer={tmp_path / 'no' / 'tok'}")
     assert code == 2 and err.startswith(f"error: model path does not exist: {tmp_path / 'no' / 'tok'}")
+
+
+def test_unwritable_output_folder_is_one_error(tmp_path, run_yaml, capsys, monkeypatch):
+    """A read-only filesystem or a folder without write permission (simulated: this suite may run as root,
+    who writes anywhere)."""
+    config, run = run_yaml
+    real = Path.write_bytes
+
+    def read_only(self, data):
+        if self.name.startswith(".write-test-"):
+            raise PermissionError(13, "Permission denied")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    code, _, err = cli(capsys, "train", str(config))
+    assert code == 2
+    assert err == (f"error: output.dir {run} is not writable (Permission denied); pick another output.dir or fix "
+                   "its permissions\n")
+
+
+def test_a_short_write_inside_safetensors_says_disk_space(tmp_path, run_yaml, capsys, monkeypatch):
+    """safetensors reports a full disk as its own 'unexpected pos' error, which never mentions disk space."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    config, run = run_yaml
+    real = safetensors.torch.save_file
+
+    def short_write(tensors, filename, *a, **k):
+        if "step-" in str(filename):
+            raise SafetensorError("Error while serializing: IoError(Custom { kind: Other, error: \"unexpected pos\" })")
+        return real(tensors, filename, *a, **k)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", short_write)
+    code, _, err = cli(capsys, "train", str(config))
+    assert code == 5
+    assert err.startswith("stopped: could not write checkpoint at step 2 (Error while serializing: IoError(")
+    assert "MiB free on that disk); the last valid checkpoint is kept in" in err
+    assert list((run / "checkpoints").iterdir()) == []

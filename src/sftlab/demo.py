@@ -93,6 +93,7 @@ def build_tiny_base(root: Path, cache: Path, rebuild: bool = False, quick: bool 
         f"model.tokenizer={tokenizer}",
         f"data.sources.0.path={corpus}",
         f"output.dir={base / 'run'}",
+        "output.overwrite=true",
         f"data.cache_dir={cache / 'data'}",
     ]
     if quick:
@@ -137,7 +138,9 @@ def run_demo(out_dir: str = "runs/demo", rebuild_base: bool = False, quick: bool
     base = fetch_model(REAL_MODEL, cache=cache)
     console.print(f"base model: {base} (SmolLM2-135M-Instruct, dequantised from its GGUF file)")
     out = Path(out_dir) / "smollm2_sst2"
-    overrides = [f"model.name_or_path={base}", f"output.dir={out}", f"data.cache_dir={cache / 'data'}"]
+    # the demo's run folder is its own: running the demo again replaces it
+    overrides = [f"model.name_or_path={base}", f"output.dir={out}", "output.overwrite=true",
+                 f"data.cache_dir={cache / 'data'}"]
     overrides += [f"{key}={root / rel}" for key, rel in REAL_PATHS.items()]
     overrides += [f"{key}={value}" for key, value in (QUICK_LIMITS if quick else REAL_LIMITS).items()]
     cfg = load_config(root / REAL_CONFIG, overrides)
@@ -163,7 +166,9 @@ def run_tiny_demo(out_dir: str = "runs/demo", rebuild_base: bool = False, quick:
     cache = root / ".cache" / "sftlab"
     base = build_tiny_base(root, cache, rebuild=rebuild_base, quick=quick)
     out = Path(out_dir) / "sst2"
-    overrides = [f"model.name_or_path={base}", f"output.dir={out}", f"data.cache_dir={cache / 'data'}"]
+    # the demo's run folder is its own: running the demo again replaces it
+    overrides = [f"model.name_or_path={base}", f"output.dir={out}", "output.overwrite=true",
+                 f"data.cache_dir={cache / 'data'}"]
     for i, rel in enumerate(("data/sst2/train.jsonl",)):
         overrides.append(f"data.sources.{i}.path={root / rel}")
     overrides += [f"eval.tasks.0.path={root / 'data/sst2/dev.jsonl'}",

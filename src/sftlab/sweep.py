@@ -100,7 +100,9 @@ def folder_name(name: str) -> str:
 
 def run_config(sweep: SweepConfig, run: SweepRun, extra: list[str]) -> Config:
     out = Path(sweep.out) / folder_name(run.name)
-    cfg = load_config(sweep.config, [*sweep.set, *run.set, *extra, f"output.dir={out}", "eval.keep_items=true"])
+    # A sweep run that is not reused is trained again: it replaces what its folder held (output.overwrite).
+    cfg = load_config(sweep.config, [*sweep.set, *run.set, *extra, f"output.dir={out}", "eval.keep_items=true",
+                                     "output.overwrite=true"])
     if not cfg.eval.tasks:
         raise ConfigError(f"sweep: {sweep.config} has no eval.tasks; a sweep scores every run with them")
     return cfg

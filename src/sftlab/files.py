@@ -1,8 +1,9 @@
-"""Small file helpers shared by packages."""
+"""Small file and process helpers shared by packages."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 
@@ -13,3 +14,14 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

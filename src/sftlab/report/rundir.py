@@ -8,7 +8,6 @@ only a scorecard.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from sftlab.config import ConfigError
+from sftlab.files import pid_alive
 
 FORMAT = "sftlab.scorecard/1"
 RUNNING_WINDOW_S = 300  # without a live process to ask: metrics written this recently means "running"
@@ -101,16 +101,6 @@ def is_run_dir(path: Path) -> bool:
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def run_status(path: Path, has_summary: bool, now: float | None = None) -> str:
     """done (summary written) | running | stopped.
 
@@ -123,7 +113,7 @@ def run_status(path: Path, has_summary: bool, now: float | None = None) -> str:
     if status.get("state") == "stopped":
         return "stopped"
     if status.get("state") == "running" and status.get("host") == socket.gethostname() and status.get("pid"):
-        return "running" if _pid_alive(int(status["pid"])) else "stopped"
+        return "running" if pid_alive(int(status["pid"])) else "stopped"
     latest = max(
         (p.stat().st_mtime for p in (path / "metrics.jsonl", path / "status.json") if p.is_file()), default=0.0
     )

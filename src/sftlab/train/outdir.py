@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from sftlab.config import Config, ConfigError, save_config, to_dict
+from sftlab.files import pid_alive
 
 LOCK = ".lock"
 CONFIG = "config.yaml"
@@ -91,16 +92,6 @@ def _lock_owner(path: Path) -> dict:
         return {}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextmanager
 def output_lock(out: Path):
     """Hold ``out/.lock`` for the run (main process only); a second run on the same folder is refused."""
@@ -114,7 +105,7 @@ def output_lock(out: Path):
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             owner = _lock_owner(path)
-            stale = owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _alive(owner["pid"])
+            stale = owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not pid_alive(owner["pid"])
             if stale or owner.get("pid") == me["pid"] and owner.get("host") == me["host"]:
                 print(f"note: {path} was left by a run that is gone (pid {owner.get('pid')}); taking it over")
                 path.unlink(missing_ok=True)

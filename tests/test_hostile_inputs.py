@@ -55,7 +55,9 @@ def cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file's bytes but ``.lock``'s (it names the last run that held the folder, refused or not)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
 
 
 # ------------------------------------------------------------------------------------ run directories
@@ -67,8 +69,8 @@ def test_rerun_into_a_finished_run_is_refused_and_loses_nothing(tmp_path, run_ya
     before = snapshot(run)
     code, _, err = cli(capsys, "train", str(config))
     assert code == 2
-    assert err.startswith(f"error: {run} already holds a run (checkpoints/step-000002, final/). "
-                          "Continue it with --set train.resume=auto, start over with --set "
+    assert err.startswith(f"error: {run} already holds a run (checkpoints/step-000002, final/, "
+                          "summary.json). Continue it with --set train.resume=auto, start over with --set "
                           "output.overwrite=true")
     assert snapshot(run) == before
 
@@ -128,6 +130,38 @@ def test_resume_keeps_config_refuses_breaking_changes_and_records_the_rest(tmp_p
     assert record["changes"] == {"train.lr": [0.01, 0.005]}
 
 
+def test_resume_auto_over_a_finished_run_without_checkpoints_is_refused(tmp_path, run_yaml, capsys):
+    config, run = run_yaml
+    assert cli(capsys, "train", str(config), "--set", "train.save_every_steps=0")[0] == 0
+    before = snapshot(run)
+    code, _, err = cli(capsys, "train", str(config), "--set", "train.save_every_steps=0", "--set", "train.resume=auto")
+    assert code == 2
+    assert err.startswith(f"error: {run} already holds a run (final/, summary.json). It has no checkpoint to "
+                          "continue. Start over with --set output.overwrite=true")
+    assert snapshot(run) == before
+
+
+def test_resume_of_a_config_saved_before_a_key_existed_and_max_steps_below_the_checkpoint(tmp_path, run_yaml, capsys):
+    config, run = run_yaml
+    assert cli(capsys, "train", str(config))[0] == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["data"]["warn_removed_share"]  # as written by an sftlab without that key
+    saved["data"]["sources"][0]["path"] = os.path.relpath(saved["data"]["sources"][0]["path"])  # the same file
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    code, _, err = cli(capsys, "train", str(config), "--set", "train.resume=auto", "--set", "train.max_steps=1")
+    assert code == 2 and err.startswith("error: train.max_steps 1 is below the step of the checkpoint to resume (2)")
+    (run / "final").rename(tmp_path / "old_final")
+    code, out, err = cli(capsys, "train", str(config), "--set", "train.resume=auto")
+    assert code == 0 and "note: resuming" not in out, err and not (run / "config_changes.jsonl").exists()
+
+
+def test_an_empty_lock_file_does_not_block(tmp_path, run_yaml, capsys):
+    config, run = run_yaml
+    run.mkdir()
+    (run / ".lock").write_text("")  # a lock whose writer died before writing a byte
+    assert cli(capsys, "train", str(config))[0] == 0
+
+
 def test_output_dir_under_a_file_or_read_only(tmp_path, run_yaml, capsys):
     config, _ = run_yaml
     (tmp_path / "afile").write_text("x")
@@ -169,23 +203,27 @@ def test_second_run_on_a_locked_folder_is_refused_and_a_stale_lock_is_taken_over
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    assert (run / ".lock").is_file()  # a killed run leaves its lock ...
+    assert not (run / "config_changes.jsonl").exists()  # the refused run changed nothing
+    last = max(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
     third = subprocess.run([sys.executable, "-m", "sftlab", "train", str(config), "--set", "train.resume=auto",
-                            "--set", "train.max_steps=20"], cwd=REPO, capture_output=True, text=True, timeout=300)
+                            "--set", f"train.max_steps={last + 5}"], cwd=REPO, capture_output=True, text=True,
+                           timeout=300)
     assert third.returncode == 0, third.stderr
-    assert f"note: {run / '.lock'} was left by a run that is gone (pid {first.pid}); taking it over" in third.stdout
-    assert not (run / ".lock").exists() and (run / "final").is_dir()
-    assert third.stdout.splitlines()[-1].startswith("done: 20 steps")
+    assert (f"note: the run that held {run / '.lock'} (pid {first.pid}) ended without finishing; taking the folder "
+            "over") in third.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == last + 5 and summary["resumed_from"].startswith(str(run / "checkpoints" / "step-"))
 
 
 # ------------------------------------------------------------------------------------------- configs
 
 BAD_VALUES = [
-    ("train.epochs=-1", "train.epochs: -1.0 is out of range; it must be > 0"),
+    ("train.epochs=-1", "train.epochs: -1.0 is out of range; it must be >= 0 (0 only with max_steps)"),
+    ("train.epochs=0", "train.epochs is 0 and train.max_steps is 0: nothing to train; set one of them"),
     ("train.max_steps=-5", "train.max_steps: -5 is out of range; it must be >= 0 (0: from epochs)"),
     ("data.max_seq_len=-5", "data.max_seq_len: -5 is out of range; it must be >= 2"),
     ("train.warmup_ratio=2", "train.warmup_ratio: 2.0 is out of range; it must be in [0, 1]"),
-    ("train.keep_last=-1", "train.keep_last: -1 is out of range; it must be >= 1"),
+    ("train.keep_last=-1", "train.keep_last: -1 is out of range; it must be >= 0 (0: keep all)"),
     ("eval.split_ratio=1.5", "eval.split_ratio: 1.5 is out of range; it must be in [0, 1)"),
     ("train.micro_batch_size=0", "train.micro_batch_size: 0 is out of range; it must be >= 1"),
     ("train.grad_accum=0", "train.grad_accum: 0 is out of range; it must be >= 1"),
@@ -215,7 +253,8 @@ def test_yaml_aliases_and_duplicate_keys_are_refused(tmp_path, capsys):
     layers += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 9)]
     bomb.write_text("model:\n  from_scratch:\n" + "".join(f"    {line}\n" for line in layers))
     code, _, err = cli(capsys, "config", "show", str(bomb))
-    assert code == 2 and err.startswith(f"error: {bomb}: YAML anchors and aliases (& and *) are not accepted")
+    assert code == 2 and err.startswith(f"error: {bomb}: not valid YAML: YAML anchors and aliases (& and *) are not "
+                                        "accepted in configs (line 3)")
     dup = tmp_path / "dup.yaml"
     dup.write_text("train:\n  lr: 1.0e-4\n  lr: 2.0e-4\n")
     code, _, err = cli(capsys, "config", "show", str(dup))

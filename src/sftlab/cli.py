@@ -361,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    user_errors: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+    # OSError: the machine's state (disk full, permissions) outside the writes that stop a run on their own
+    user_errors: tuple[type[BaseException], ...] = (ConfigError, OSError)
     try:
         from sftlab.data.errors import DataError
 
@@ -386,7 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug, not a user error: a short message, the traceback in a file
         if args.verbose:
             raise
-        log = _write_traceback(e)
+        try:
+            log = _write_traceback(e)
+        except OSError:
+            log = "nowhere: the temporary folder is not writable"
         first = (str(e).strip().splitlines() or [""])[0]
         print(f"internal error: {type(e).__name__}: {first}\n(the traceback is in {log}; please report it with "
               "that file, or rerun with -v to see it)", file=sys.stderr)

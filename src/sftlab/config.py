@@ -29,11 +29,12 @@ class StrictLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None):
             mark = self.peek_event().start_mark
-            raise ConfigError(f"YAML anchors and aliases (& and *) are not accepted in configs (line {mark.line + 1}): "
-                              "write the values out")
+            raise yaml.YAMLError(f"YAML anchors and aliases (& and *) are not accepted in configs (line "
+                                 f"{mark.line + 1}): write the values out")
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
+        self.flatten_mapping(node)  # inline merge keys (<<: {...})
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
@@ -537,7 +538,7 @@ RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "lora.r": (lambda v: v >= 1, ">= 1"),
     "lora.alpha": (lambda v: v > 0, "> 0"),
     "lora.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "train.epochs": (lambda v: v > 0, "> 0"),
+    "train.epochs": (lambda v: v >= 0, ">= 0 (0 only with max_steps)"),
     "train.max_steps": (lambda v: v >= 0, ">= 0 (0: from epochs)"),
     "train.micro_batch_size": (lambda v: v >= 1, ">= 1"),
     "train.grad_accum": (lambda v: v >= 1, ">= 1"),
@@ -553,7 +554,7 @@ RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.eval_every_steps": (lambda v: v >= 0, ">= 0"),
     "train.save_every_steps": (lambda v: v >= 0, ">= 0"),
     "train.save_every_minutes": (lambda v: v >= 0, ">= 0"),
-    "train.keep_last": (lambda v: v >= 1, ">= 1"),
+    "train.keep_last": (lambda v: v >= 0, ">= 0 (0: keep all)"),
     "train.max_skipped_steps": (lambda v: v >= 0, ">= 0"),
     "train.num_processes": (lambda v: v >= 1, ">= 1"),
     "eval.split_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -629,6 +630,8 @@ def check_values(cfg: Config) -> None:
             if not ok(value):
                 raise ConfigError(f"{key}: {value!r} is out of range; it must be {what}")
     t = cfg.train
+    if t.epochs == 0 and t.max_steps == 0:
+        raise ConfigError("train.epochs is 0 and train.max_steps is 0: nothing to train; set one of them")
     if t.segment_attention and not cfg.data.packing:
         raise ConfigError("train.segment_attention needs data.packing: true (it is attention per packed segment); "
                           "set data.packing: true or train.segment_attention: false")

@@ -123,11 +123,13 @@ def _write_final(model, tokenizer, tmp: Path, state_dict: dict | None) -> None:
 def run_training(cfg: Config, progress: bool | None = None) -> dict:
     """Train from a config and return the summary (also written to ``OUTPUT/summary.json``).
 
-    The run directory is checked first (``outdir.prepare_output_dir``) and locked for the whole run."""
-    from sftlab.train.outdir import output_lock, prepare_output_dir
+    The run directory is locked for the whole run and checked first (``outdir.check_output_dir``)."""
+    from sftlab.train.outdir import check_output_dir, make_output_dir, output_lock
 
-    out = prepare_output_dir(cfg)
+    out = Path(cfg.output.dir)
+    make_output_dir(out)
     with output_lock(out):
+        check_output_dir(cfg, out)
         return _run_training(cfg, out, progress)
 
 
@@ -247,6 +249,7 @@ def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
         "total_parameters": total,
         "train_time_s": round(result.elapsed_s, 2),
         "total_time_s": round(time.perf_counter() - t0, 2),
+        "resumed_from": result.resumed_from,  # the checkpoint this run continued, if any
         "tokens_per_s": round((result.tokens - result.resumed_tokens) / max(result.elapsed_s, 1e-9), 1),  # this process's
         "skipped_steps": result.skipped_steps,  # updates skipped for a non-finite loss or gradient
         "loss_scale_skips": result.loss_scale_skips,  # DeepSpeed fp16: while the loss scale came down

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -242,9 +241,7 @@ def run_stages(
     from sftlab.train.checkpoint import find_latest_valid
     from sftlab.train.loop import RunResult, train
 
-    root = out / "stages"
-    if cfg.train.resume == "none":
-        shutil.rmtree(root, ignore_errors=True)
+    root = out / "stages"  # a fresh run found it gone or cleared it (outdir.start_run)
     keep_weights = bool(cfg.train.save_every_steps or cfg.train.save_every_minutes)
     results, summaries, finished, pending, offset = [], [], [], None, 0
     for st in stages:

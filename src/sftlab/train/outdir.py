@@ -64,6 +64,11 @@ def sealed_checkpoints(out: Path) -> list[str]:
     return found
 
 
+def resumable(out: Path) -> bool:
+    """Whether ``out`` holds something ``resume: auto`` continues: a sealed checkpoint or a finished stage."""
+    return bool(sealed_checkpoints(out)) or any((out / "stages").glob("*/done.json"))
+
+
 def previous_run(out: Path) -> list[str]:
     """What of a previous run ``out`` holds: its checkpoints, ``final/``, summary and scorecard."""
     found = sealed_checkpoints(out)
@@ -93,7 +98,7 @@ def check_fresh_start(cfg: Config, out: Path) -> None:
     found = previous_run(out)
     if found:
         shown = ", ".join(found[-3:]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-        resume = ("Continue it with --set train.resume=auto, start" if sealed_checkpoints(out)
+        resume = ("Continue it with --set train.resume=auto, start" if resumable(out)
                   else "It has no checkpoint to continue. Start")
         raise ConfigError(f"{out} already holds a run ({shown}). {resume} over with --set output.overwrite=true "
                           f"(deletes it once data and model have loaded), or pick another output.dir")
@@ -213,10 +218,10 @@ def check_resume_config(cfg: Config, out: Path) -> None:
 
 
 def resumes(cfg: Config, out: Path) -> bool:
-    """Whether this run continues a checkpoint (``auto`` with no sealed checkpoint in ``out`` starts fresh)."""
+    """Whether this run continues a previous one (``auto`` with nothing resumable in ``out`` starts fresh)."""
     if cfg.train.resume == "none":
         return False
-    return cfg.train.resume != "auto" or bool(sealed_checkpoints(out))
+    return cfg.train.resume != "auto" or resumable(out)
 
 
 def check_output_dir(cfg: Config, out: Path) -> None:

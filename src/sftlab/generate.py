@@ -59,11 +59,9 @@ def build_prompt_ids(tokenizer, prompt: str | list[dict], system: str | None = N
     list has no system message).
     """
     if chat and tokenizer.chat_template:
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        if system and not any(m.get("role") == "system" for m in messages):
-            messages = [{"role": "system", "content": system}, *messages]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+        from sftlab.eval.forward import chat_prompt
+
+        return tokenizer(chat_prompt(tokenizer, prompt, system), add_special_tokens=False)["input_ids"]
     if not isinstance(prompt, str):
         raise ConfigError("a list of messages needs a chat template; give plain prompts with --raw")
     return tokenizer(prompt)["input_ids"]

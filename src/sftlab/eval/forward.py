@@ -42,12 +42,15 @@ def count_common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def chat_prompt(tokenizer, text: str, system: str | None = None) -> str:
-    """``text`` as a user turn (after an optional system turn) through the tokenizer's chat template, ending
-    in the generation prompt: what the model sees before it answers in a chat."""
+def chat_prompt(tokenizer, prompt: str | list[dict], system: str | None = None) -> str:
+    """A user turn (or a list of messages to continue) through the tokenizer's chat template, ending in the
+    generation prompt: what the model sees before it answers in a chat. ``system`` goes in front when the
+    messages have no system turn."""
     if not tokenizer.chat_template:
         raise ValueError("chat: true needs a tokenizer with a chat template (or set chat: false)")
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system and not any(m.get("role") == "system" for m in messages):
+        messages = [{"role": "system", "content": system}, *messages]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

@@ -139,9 +139,9 @@ def _check_exportable(config) -> str:
     return arch
 
 
-def _vocabulary(tokenizer, n_vocab: int, folder: Path) -> tuple[list[str], list[int]]:
-    """Tokens in id order and their GGUF types, padded to the embedding's rows with unused tokens."""
-    spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+def _vocabulary(tokenizer, n_vocab: int, spec: dict) -> tuple[list[str], list[int]]:
+    """Tokens in id order and their GGUF types, padded to the embedding's rows with unused tokens
+    (``spec``: the tokenizer's ``tokenizer.json``)."""
     model = spec.get("model", {})
     pre = json.dumps(spec.get("pre_tokenizer"))
     if model.get("type") != "BPE" or "ByteLevel" not in pre:
@@ -160,10 +160,9 @@ def _vocabulary(tokenizer, n_vocab: int, folder: Path) -> tuple[list[str], list[
     return tokens, types
 
 
-def _pre_tokenizer_name(folder: Path) -> str:
+def _pre_tokenizer_name(spec: dict) -> str:
     """llama.cpp's name of the pre-tokenizer (how text is split before BPE), found by matching the
     tokenizer's split regex against the names transformers' GGUF reader knows; "default" is GPT-2's."""
-    spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     pre = spec.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", [pre])
     patterns = {s.get("pattern", {}).get("Regex") for s in steps if s.get("type") == "Split"} - {None}
@@ -236,9 +235,10 @@ def write_gguf(model, tokenizer, out_file: str | Path, quant: str = "f16", name:
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         tokenizer.save_pretrained(str(folder))
-        tokens, types = _vocabulary(tokenizer, n_vocab, folder)
+        spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        tokens, types = _vocabulary(tokenizer, n_vocab, spec)
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre(_pre_tokenizer_name(folder))
+        writer.add_tokenizer_pre(_pre_tokenizer_name(spec))
         writer.add_token_list(tokens)
         writer.add_token_types(types)
         special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=n_vocab)

@@ -28,11 +28,11 @@ import yaml
 
 from sftlab.config import Config, ConfigError, save_config, to_dict
 from sftlab.files import pid_alive
+from sftlab.train.checkpoint import MANIFEST  # a checkpoint folder holding it is sealed (complete)
 
 LOCK = ".lock"
 CONFIG = "config.yaml"
 CHANGES = "config_changes.jsonl"
-MANIFEST = "manifest.json"  # a sealed checkpoint (train/checkpoint.py)
 # What output.overwrite removes: the previous run's trained state and its records.
 PREVIOUS = ("checkpoints", "stages", "final", "final.tmp", "merged", "merged.tmp", "metrics.jsonl", "summary.json",
             "scorecard.json", "samples.jsonl", CHANGES)

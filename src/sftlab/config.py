@@ -123,7 +123,7 @@ class DecontaminateConfig:
 
 @dataclass(frozen=True)
 class DataSelectConfig:
-    by: Literal["none", "ifd", "length", "random"] = "none"  # ifd (base model) | length (longest) | random
+    by: Literal["none", "ifd", "length", "random", "length_matched"] = "none"  # ifd (base model) | length (longest) | random | length_matched (random records with the response lengths of the ifd selection: its control)
     budget: int | None = None  # records kept per source
     share: float | None = None  # share of each source's records kept (after the other operators)
     model: str | None = None  # base model for ifd / diversity (default: model.name_or_path)
@@ -255,7 +255,7 @@ class TaskConfig:
     answer_column: str = "answers"  # generation: gold answers (str, list, or SQuAD {"text": [...]}); reply_loss: the reference reply
     max_new_tokens: int = 32  # generation: greedy decoding budget
     stop: tuple[str, ...] = ("\n",)  # generation: stop sequences
-    metric: Literal["squad", "rouge_l", "exact"] = "squad"  # generation metric family
+    metric: Literal["squad", "rouge_l", "exact", "reply_check"] = "squad"  # generation metric family (reply_check: the reply ends its turn, no loop, and holds a third of the reference's content words)
     limit: int | None = None  # score only the first N items
     max_tokens: int = 100_000  # perplexity: tokens of text scored
     seq_len: int = 256  # perplexity: window length
@@ -277,6 +277,7 @@ class EvalConfig:
     bootstrap_samples: int = 2000  # paired bootstrap resamples for confidence intervals
     compare_base: bool = True  # score the base model too and report paired differences
     keep_items: bool = False  # scorecard.json also holds per-item values (for paired comparisons between runs)
+    base_cache: str | None = None  # folder of the base's task scores, reused while task, data, base weights, template, batch size and precision are unchanged (sweeps score their base once)
     samples: int = 3  # held-out records generated before and after training (samples.jsonl, report); 0: off
     sample_max_new_tokens: int = 64  # generation budget of each sample
 

@@ -15,7 +15,8 @@ A sweep file::
     interpolate:
       - {run: full_ft, alphas: [0.25, 0.5, 0.75]}
 
-Keys are checked like run configs (a typo is an error naming the closest key).
+Keys are checked like run configs (a typo is an error naming the closest key). The base model is scored once
+per task for the whole sweep (``eval.base_cache``, default ``OUT/base_scores``).
 """
 
 from __future__ import annotations
@@ -101,8 +102,10 @@ def folder_name(name: str) -> str:
 def run_config(sweep: SweepConfig, run: SweepRun, extra: list[str]) -> Config:
     out = Path(sweep.out) / folder_name(run.name)
     # A sweep run that is not reused is trained again: it replaces what its folder held (output.overwrite).
-    cfg = load_config(sweep.config, [*sweep.set, *run.set, *extra, f"output.dir={out}", "eval.keep_items=true",
-                                     "output.overwrite=true"])
+    # The base is scored once per task for the whole sweep (eval.base_cache; a sweep or run may set another).
+    cache = f"eval.base_cache={Path(sweep.out) / 'base_scores'}"
+    cfg = load_config(sweep.config, [cache, *sweep.set, *run.set, *extra, f"output.dir={out}",
+                                     "eval.keep_items=true", "output.overwrite=true"])
     if not cfg.eval.tasks:
         raise ConfigError(f"sweep: {sweep.config} has no eval.tasks; a sweep scores every run with them")
     return cfg
@@ -154,9 +157,10 @@ def run_sweep(
         timings[r.name] = round(time.perf_counter() - start, 1)
         card = json.loads((Path(cfg.output.dir) / "scorecard.json").read_text(encoding="utf-8"))
         if i == 0 and card.get("has_base"):
-            points.append(base_point(card))
+            points.append({**base_point(card), "scorecard": str(Path(cfg.output.dir) / "scorecard.json")})
         points.append({"name": r.name, "group": r.group or r.name, "card": card, "seconds": timings[r.name],
-                       "run_dir": cfg.output.dir})  # fmt: skip
+                       "run_dir": cfg.output.dir,
+                       "scorecard": str(Path(cfg.output.dir) / "scorecard.json")})  # fmt: skip
     for item in sweep.interpolate:
         cfg = configs[item.run]
         start = time.perf_counter()
@@ -164,6 +168,7 @@ def run_sweep(
         points += run_interpolation(
             cfg.model.name_or_path, Path(cfg.output.dir) / "final", list(item.alphas), cfg.eval,
             Path(sweep.out) / f"{folder_name(item.run)}_interpolation", label=item.run, progress=progress,
+            reuse=reuse,
         )  # fmt: skip
         timings[f"{item.run} interpolation"] = round(time.perf_counter() - start, 1)
     summary = write_tradeoff(points, sweep.out, title=sweep.title, reference=sweep.reference)

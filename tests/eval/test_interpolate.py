@@ -174,7 +174,12 @@ def test_sweep_runs_a_grid_and_plots_every_run(tmp_path, tiny_tokenizer):
     assert by_name["lr=0.0"]["metrics"]["text.perplexity"]["vs_base"]["delta"] == 0
 
 
-def test_tradeoff_example_sweep_parses_and_every_run_config_is_valid():
+@pytest.mark.parametrize("size", ["default", "quick"])
+@pytest.mark.parametrize("task", ["sst2", "squad"])
+def test_tradeoff_experiment_sweeps_are_valid(tmp_path, task, size):
+    """examples/tradeoff/run.py writes one sweep per task; every run config in it is valid, replay counts give
+    their shares, DMT expands to two stages, the selection points pick n of 2n records."""
+    import importlib.util
     from pathlib import Path
 
     from sftlab.data.pipeline import _unique_names
@@ -182,13 +187,31 @@ def test_tradeoff_example_sweep_parses_and_every_run_config_is_valid():
     from sftlab.train.stages import is_staged, plan_stages
 
     repo = Path(__file__).resolve().parents[2]
-    sweep = load_sweep(repo / "examples" / "tradeoff" / "sweep.yaml")
+    spec = importlib.util.spec_from_file_location("tradeoff_run", repo / "examples" / "tradeoff" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    sweep = load_sweep(run.write_sweep(task, size, tmp_path))
     sweep = type(sweep)(**{**sweep.__dict__, "config": str(repo / sweep.config)})
-    runs = expand_runs(sweep)
-    cfgs = {r.name: run_config(sweep, r, []) for r in runs}
+    cfgs = {r.name: run_config(sweep, r, []) for r in expand_runs(sweep)}
+    n = run.SIZES[size][task]
     assert sweep.reference in cfgs and all(i.run in cfgs for i in sweep.interpolate)
-    assert cfgs["replay_10%"].data.sources[1].weight == 0.1 and cfgs["lora_r16"].lora.enabled
-    dmt = cfgs["dmt_k=1/256"]
+    assert cfgs["full_ft"].data.sources[0].limit == n and cfgs["full_ft"].data.sources[1].count == 0
+    assert cfgs["full_ft"].eval.base_cache == str(tmp_path / "base_scores")  # shared by both tasks' sweeps
+    replay = cfgs["replay_25%"].data.sources[1].count
+    assert replay / (n + replay) == pytest.approx(0.25, abs=0.01) and cfgs["lora_r16"].lora.enabled
+    roles = {t.name: t.role for t in cfgs["full_ft"].eval.tasks}
+    assert roles[{"sst2": "sst2_dev", "squad": "squad_dev"}[task]] == "specialty"
+    assert sorted(roles.values()).count("specialty") == 1
+    if size == "quick":
+        assert set(cfgs) == set(run.QUICK_RUNS)
+        return
+    dmt = cfgs["dmt"]
     assert is_staged(dmt)
     stages = plan_stages(dmt, _unique_names(dmt.data.sources), Path("unused"))
     assert [s.specs[-1].fraction for s in stages] == [None, 1 / 256]
+    assert ("select_ifd" in cfgs) == (task == "squad")
+    if task == "squad":
+        for by in ("ifd", "random", "length_matched"):
+            c = cfgs[f"select_{by}"]
+            assert c.data.clean.select.by == by and c.data.clean.select.budget == n
+            assert c.data.sources[0].limit == 2 * n

@@ -10,6 +10,7 @@ from sftlab.config import TaskConfig
 from sftlab.eval.forward import end_of_turn, pad_id_of, pad_left, task_prompt_ids
 from sftlab.eval.items import gold_answers
 from sftlab.eval.metrics import (
+    check_reply,
     compute_exact_match,
     compute_rouge_l,
     compute_strict_match,
@@ -22,6 +23,7 @@ METRICS = {
     "rouge_l": {"rouge_l": compute_rouge_l},
     "exact": {"exact_match": compute_strict_match},
 }
+REPLY_CHECKS = ("good_reply", "ended", "on_topic")  # metric family reply_check (``metrics.check_reply``)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -45,7 +47,6 @@ def eos_ids_of(model, tokenizer) -> list[int]:
     return ids
 
 
-@torch.inference_mode()
 def generate_greedy(
     model,
     tokenizer,
@@ -55,7 +56,24 @@ def generate_greedy(
     stop: Sequence[str],
     batch_size: int = 32,
 ) -> list[str]:
-    """Greedy continuations of prompt id lists, cut at the first stop sequence; in the input order.
+    """Greedy continuations of prompt id lists, cut at the first stop sequence; in the input order."""
+    return generate_greedy_ended(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop, batch_size=batch_size
+    )[0]
+
+
+@torch.inference_mode()
+def generate_greedy_ended(
+    model,
+    tokenizer,
+    prompts: Sequence[list[int]],
+    *,
+    max_new_tokens: int,
+    stop: Sequence[str],
+    batch_size: int = 32,
+) -> tuple[list[str], list[bool]]:
+    """Greedy continuations cut at the first stop sequence, and whether each ended (eos or a stop sequence)
+    within ``max_new_tokens``; in the input order.
 
     Prompts are sorted by length and left-padded per batch; decoding of a batch ends when every row
     has produced eos or a stop string (``transformers`` ``stop_strings``) or ``max_new_tokens``.
@@ -65,15 +83,16 @@ def generate_greedy(
     model.eval()
     pad = pad_id_of(tokenizer)
     device = next(model.parameters()).device
+    eos = eos_ids_of(model, tokenizer)
     gen_cfg = GenerationConfig(
         do_sample=False,
         max_new_tokens=max_new_tokens,
         pad_token_id=pad,
-        eos_token_id=eos_ids_of(model, tokenizer) or None,
+        eos_token_id=eos or None,
         stop_strings=[s for s in stop if s] or None,
     )
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out = [""] * len(prompts)
+    out, ended = [""] * len(prompts), [False] * len(prompts)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         ids, mask = pad_left([prompts[i] for i in batch], pad)
@@ -85,21 +104,24 @@ def generate_greedy(
         )
         new = gen[:, ids.shape[1] :].tolist()
         for i, row in zip(batch, new):
-            out[i] = cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), stop)
-    return out
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            out[i] = cut_at_stop(text, stop)
+            ended[i] = any(t in eos for t in row) or len(out[i]) < len(text)
+    return out, ended
 
 
 def score_generation(model, tokenizer, items: Sequence[dict], task: TaskConfig, batch_size: int = 32) -> dict:
     """Generate an answer for every item and score it against its gold answers.
 
     Metric family ``task.metric``: ``squad`` -> ``exact_match`` and ``f1`` (SQuAD normalisation, max over
-    golds); ``rouge_l`` -> ``rouge_l``; ``exact`` -> ``exact_match`` on whitespace-stripped strings.
+    golds); ``rouge_l`` -> ``rouge_l``; ``exact`` -> ``exact_match`` on whitespace-stripped strings;
+    ``reply_check`` -> ``good_reply``, ``ended``, ``on_topic`` (``metrics.check_reply``, first gold = reference).
     Returns the aggregates (means over items), ``n`` and ``items`` (``prediction``, ``golds`` and the
     per-item metric values).
     """
     if not task.prompt_template:
         raise ValueError(f"task {task.name!r}: generation needs a prompt_template")
-    scorers = METRICS[task.metric]
+    scorers = METRICS.get(task.metric, dict.fromkeys(REPLY_CHECKS))
     prompts = [task_prompt_ids(tokenizer, task, it) for it in items]
     golds = []
     for i, item in enumerate(items):
@@ -107,13 +129,16 @@ def score_generation(model, tokenizer, items: Sequence[dict], task: TaskConfig, 
             raise ValueError(f"task {task.name!r}: item {i} has no answer column {task.answer_column!r}")
         golds.append(gold_answers(item[task.answer_column]))
     stop = (*task.stop, end_of_turn(tokenizer)) if task.chat else task.stop  # a chat answer ends with its turn
-    preds = generate_greedy(
+    preds, ended = generate_greedy_ended(
         model, tokenizer, prompts, max_new_tokens=task.max_new_tokens, stop=stop, batch_size=batch_size
     )
     results = []
-    for pred, gold in zip(preds, golds):
+    for pred, gold, end in zip(preds, golds, ended):
         row = {"prediction": pred.strip(), "golds": gold}
-        row.update({name: fn(pred, gold) for name, fn in scorers.items()})
+        if task.metric == "reply_check":
+            row.update(check_reply(pred, end, gold[0]))
+        else:
+            row.update({name: fn(pred, gold) for name, fn in scorers.items()})
         results.append(row)
     n = len(results)
     aggregates = {name: (sum(r[name] for r in results) / n if n else 0.0) for name in scorers}

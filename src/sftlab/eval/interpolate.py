@@ -10,6 +10,7 @@ bit for bit.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -60,6 +61,21 @@ def alpha_name(alpha: float) -> str:
     return f"alpha={alpha:g}"
 
 
+def source_stamp(tuned_dir: str | Path, eval_cfg: EvalConfig) -> str:
+    """Identifies what an interpolation scorecard was made from: the tuned weights (sizes, mtimes) and eval."""
+    files = sorted(Path(tuned_dir).glob("*.safetensors"))
+    blob = json.dumps([[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files] + [repr(eval_cfg)])
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def reusable_card(path: Path, stamp: str) -> dict | None:
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return card if card.get("source_stamp") == stamp else None
+
+
 def run_interpolation(
     base_dir: str | Path,
     tuned_dir: str | Path,
@@ -70,11 +86,13 @@ def run_interpolation(
     label: str = "",
     save_models: bool = False,
     progress: bool = True,
+    reuse: bool = False,
 ) -> list[dict]:
     """Build and score each interpolated model against the base; writes ``OUT/alpha=A/scorecard.json``
-    (and ``model/`` with ``save_models``). Returns points for ``tradeoff.write_tradeoff``."""
+    (and ``model/`` with ``save_models``). Returns points for ``tradeoff.write_tradeoff``. ``reuse`` keeps a
+    scorecard written for the same tuned weights and eval config (a resumed sweep)."""
     from sftlab.eval.cli import load_model_and_tokenizer
-    from sftlab.eval.scorecard import evaluate_model, write_scorecard
+    from sftlab.eval.scorecard import evaluate_for_config, write_scorecard
 
     if not eval_cfg.tasks:
         raise ConfigError("interpolate: the config has no eval.tasks to score the models with")
@@ -90,30 +108,27 @@ def run_interpolation(
 
         tok = AutoTokenizer.from_pretrained(str(tuned_dir))
     work = copy.deepcopy(base).eval()
+    stamp = source_stamp(tuned_dir, eval_cfg)
     points = []
     for alpha in alphas:
         t0 = time.perf_counter()
-        interpolate_into(work, base, tuned, alpha)
-        card = evaluate_model(
-            work,
-            tok,
-            eval_cfg.tasks,
-            base_model=base,
-            base_tokenizer=base_tok,
-            batch_size=eval_cfg.batch_size,
-            bootstrap_samples=eval_cfg.bootstrap_samples,
-            progress=progress,
-            keep_items=True,
-        )
-        card.update(model=f"interpolation of {tuned_dir} with {base_dir}", base=str(base_dir), alpha=alpha)
         d = out_dir / alpha_name(alpha)
-        write_scorecard(card, d / "scorecard.json")
+        card = reusable_card(d / "scorecard.json", stamp) if reuse and not save_models else None
+        if card is None:
+            interpolate_into(work, base, tuned, alpha)
+            card = evaluate_for_config(eval_cfg, work, tok, base_model=base, base_tokenizer=base_tok,
+                                       progress=progress, keep_items=True)
+            card.update(model=f"interpolation of {tuned_dir} with {base_dir}", base=str(base_dir), alpha=alpha,
+                        source_stamp=stamp)  # fmt: skip
+            write_scorecard(card, d / "scorecard.json")
+        elif progress:
+            print(f"interpolate: reusing {d / 'scorecard.json'}")
         if save_models:
             work.save_pretrained(d / "model")
             tok.save_pretrained(d / "model")
         name = f"{label} {alpha_name(alpha)}".strip()
         points.append({"name": name, "group": "interpolation", "alpha": alpha, "card": card,
-                       "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
+                       "seconds": round(time.perf_counter() - t0, 1), "scorecard": str(d / "scorecard.json")})  # fmt: skip
     (out_dir / "points.json").write_text(
         json.dumps([{k: v for k, v in p.items() if k != "card"} for p in points], indent=2), encoding="utf-8"
     )

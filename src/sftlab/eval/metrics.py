@@ -134,3 +134,41 @@ def compute_rouge_l(prediction: str, golds: Sequence[str]) -> float:
         precision, recall = lcs / len(pred), lcs / len(ref)
         best = max(best, 2 * precision * recall / (precision + recall))
     return best
+
+
+# ------------------------------------------------------------------------------------ reply checks
+
+STOPWORDS = frozenset(
+    "a an the and or but if then of to in on at by for with from as is are was were be been being it its this "
+    "that these those i you he she we they me him her us them my your his our their what which who whom how "
+    "why when where do does did not no yes so than too very can could would should will shall may might must "
+    "have has had there here into out up down over about also just only some any each other such own same".split()
+)
+
+
+def content_words(text: str) -> set[str]:
+    """SQuAD-normalised words of ``text`` that are not stopwords."""
+    return {w for w in normalize_answer(text).split() if w not in STOPWORDS}
+
+
+def is_degenerate(text: str, n: int = 4, repeats: int = 3) -> bool:
+    """True when some word ``n``-gram occurs ``repeats`` times or more (a reply caught in a loop)."""
+    words = text.lower().split()
+    grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    return any(c >= repeats for c in grams.values())
+
+
+def check_reply(reply: str, ended: bool, reference: str, min_recall: float = 1 / 3) -> dict[str, float]:
+    """The instruction-following checks of one generated reply (each 0.0 / 1.0):
+
+    - ``ended``: the reply ended its turn (end-of-turn or eos) within the token budget, is not empty and is
+      not caught in a loop (no word 4-gram three times);
+    - ``on_topic``: it contains at least ``min_recall`` of the reference reply's content words (words that are
+      not stopwords, SQuAD-normalised; a reference without content words counts any non-empty reply);
+    - ``good_reply``: both.
+    """
+    proper = float(ended and bool(reply.strip()) and not is_degenerate(reply))
+    ref = content_words(reference)
+    recall = len(ref & content_words(reply)) / len(ref) if ref else float(bool(reply.strip()))
+    on_topic = float(recall >= min_recall)
+    return {"ended": proper, "on_topic": on_topic, "good_reply": proper * on_topic}

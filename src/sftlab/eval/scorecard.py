@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from sftlab.config import TaskConfig
+from sftlab.eval.base_cache import BaseCache, cached_base_score
 from sftlab.eval.entries import (
     build_classification_metrics,
     build_generation_metrics,
@@ -42,7 +43,9 @@ from sftlab.eval.tasks import load_task_items, score_task
 FORMAT = "sftlab.scorecard/1"
 HEADLINE = {"classification": ["accuracy"], "generation": None, "perplexity": ["perplexity", "kl_to_base"],
             "reply_loss": ["reply_nll"], "lm_eval": None}
-GEN_METRICS = {"squad": ["exact_match", "f1"], "rouge_l": ["rouge_l"], "exact": ["exact_match"]}
+GEN_METRICS = {"squad": ["exact_match", "f1"], "rouge_l": ["rouge_l"], "exact": ["exact_match"],
+               "reply_check": ["good_reply", "ended", "on_topic"]}
+GEN_HEADLINE = {"reply_check": ["good_reply"]}  # the other checks are shown, not headlined
 VERDICTS = ("better", "worse", "no significant change")
 
 
@@ -93,9 +96,10 @@ def evaluate_task(
     bootstrap_samples: int = 2000,
     progress: bool = True,
     keep_items: bool = False,
+    base_cache: BaseCache | None = None,
 ) -> dict:
     """The scorecard entry of one task (see the module doc); ``keep_items`` adds ``items`` (see
-    ``item_values``)."""
+    ``item_values``); ``base_cache`` reuses the base's scores of an identical earlier call (``eval.base_cache``)."""
     t0 = time.perf_counter()
     if task.kind == "lm_eval":
         metrics, extras = evaluate_harness_task(model, tokenizer, task, base_model=base_model,
@@ -116,7 +120,9 @@ def evaluate_task(
     else:
         res = score_task(model, tokenizer, task, items, batch_size=batch_size)
         if base_model is not None:
-            base_res = score_task(base_model, base_tokenizer or tokenizer, task, items, batch_size=batch_size)
+            base_tok = base_tokenizer or tokenizer
+            base_res = cached_base_score(base_cache, task, base_model, base_tok, batch_size,
+                                         lambda: score_task(base_model, base_tok, task, items, batch_size=batch_size))
     if task.kind == "classification":
         metrics = build_classification_metrics(res, base_res, bootstrap_samples)
     elif task.kind == "generation":
@@ -128,7 +134,8 @@ def evaluate_task(
         extras.update({k: res[k] for k in ("nll", "n_tokens", "n_windows", "seq_len")})
         if "cross_entropy_to_base" in res:
             extras["cross_entropy_to_base"] = res["cross_entropy_to_base"]
-    headline = [m for m in (HEADLINE[task.kind] or GEN_METRICS[task.metric]) if m in metrics]
+    headline = HEADLINE[task.kind] or GEN_HEADLINE.get(task.metric, GEN_METRICS[task.metric])
+    headline = [m for m in headline if m in metrics]
     elapsed = time.perf_counter() - t0
     _log(
         progress,
@@ -189,6 +196,7 @@ def evaluate_model(
     bootstrap_samples: int = 2000,
     progress: bool = True,
     keep_items: bool = False,
+    base_cache: BaseCache | None = None,
 ) -> dict:
     """Score ``model`` (and ``base_model`` when given) on every task; the scorecard dict (module doc).
 
@@ -206,6 +214,7 @@ def evaluate_model(
             bootstrap_samples=bootstrap_samples,
             progress=progress,
             keep_items=keep_items,
+            base_cache=base_cache,
         )
         for t in tasks
     ]
@@ -219,7 +228,7 @@ def evaluate_model(
 
 
 def evaluate_for_config(eval_cfg, model, tokenizer, *, base_model=None, base_tokenizer=None,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, keep_items: bool | None = None) -> dict:
     """``evaluate_model`` on an ``EvalConfig``'s tasks, batch size, bootstrap samples and precision.
 
     Chat tasks render the base's prompts with the model's chat template (the one it was trained with), so
@@ -234,7 +243,10 @@ def evaluate_for_config(eval_cfg, model, tokenizer, *, base_model=None, base_tok
                 stack.enter_context(torch.autocast(device, dtype=torch.bfloat16))
         card = evaluate_model(model, tokenizer, eval_cfg.tasks, base_model=base_model, base_tokenizer=base_tokenizer,
                               batch_size=eval_cfg.batch_size, bootstrap_samples=eval_cfg.bootstrap_samples,
-                              progress=progress, keep_items=eval_cfg.keep_items)
+                              progress=progress,
+                              keep_items=eval_cfg.keep_items if keep_items is None else keep_items,
+                              base_cache=BaseCache(Path(eval_cfg.base_cache), eval_cfg.precision)
+                              if eval_cfg.base_cache else None)
     card["precision"] = eval_cfg.precision
     return card
 

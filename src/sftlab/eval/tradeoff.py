@@ -128,7 +128,7 @@ def summarize_points(points: list[dict], reference: str | None = None) -> dict:
     out_points = []
     for p, r, on_front in zip(points, rows, front):
         entry = {"name": p["name"], "group": p.get("group") or p["name"], "pareto": on_front, "metrics": {}}
-        for extra in ("alpha", "seconds", "run_dir"):
+        for extra in ("alpha", "seconds", "run_dir", "scorecard"):
             if extra in p:
                 entry[extra] = p[extra]
         for k in keys:

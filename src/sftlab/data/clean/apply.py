@@ -22,7 +22,13 @@ from sftlab.data.clean.dedup import exact_duplicates, near_duplicates
 from sftlab.data.clean.filters import check_language_support, check_record
 from sftlab.data.clean.records import Records, load_records
 from sftlab.data.clean.report import CleanReport, SourceCleanReport, length_histogram
-from sftlab.data.clean.select import budget_of, load_scoring_model, score_records, select_greedy
+from sftlab.data.clean.select import (
+    budget_of,
+    length_matched_order,
+    load_scoring_model,
+    score_records,
+    select_greedy,
+)
 from sftlab.data.clean.text import Vocab, encode_texts
 from sftlab.data.errors import DataError
 
@@ -203,7 +209,7 @@ def _select(records: Records, cfg: CleanConfig, keep, remove, report: CleanRepor
     for i in np.flatnonzero(keep).tolist():
         by_source.setdefault(records.sources[i], []).append(i)
     budgets = {name: budget_of(sel, len(idx)) for name, idx in by_source.items()}
-    need_model = sel.by == "ifd" or sel.diversity is not None
+    need_model = sel.by in ("ifd", "length_matched") or sel.diversity is not None
     scores = None
     candidates = [i for idx in by_source.values() for i in idx]
     if need_model and candidates:
@@ -231,7 +237,12 @@ def _select(records: Records, cfg: CleanConfig, keep, remove, report: CleanRepor
     stats: dict[str, Any] = {"by": sel.by, "per_source": {}}
     selected_ifd, all_ifd = [], []
     for s_index, (name, idx) in enumerate(by_source.items()):
-        if sel.by == "ifd":
+        if sel.by == "length_matched":  # random records with the lengths of the IFD selection
+            ifd = scores.ifd[[pos[i] for i in idx]]
+            by_ifd = [i for i, _ in sorted(zip(idx, ifd.tolist()), key=lambda t: (-np.nan_to_num(t[1], nan=-1e9), t[0]))]
+            lengths = {i: len(records.responses[i].split()) for i in idx}
+            order = length_matched_order(idx, by_ifd[: budgets[name]], lengths, sel.seed + s_index)
+        elif sel.by == "ifd":
             ifd = scores.ifd[[pos[i] for i in idx]]
             all_ifd += ifd[np.isfinite(ifd)].tolist()
             ok = []
@@ -309,7 +320,7 @@ def clean_fingerprint(cfg: CleanConfig, hf_cache: str | None = None) -> dict[str
         source_fingerprint(SourceConfig(path=es.path, split=es.split), hf_cache) for es in cfg.decontaminate.eval_sets
     ]
     model = None
-    if cfg.select.model and (cfg.select.by == "ifd" or cfg.select.diversity is not None):
+    if cfg.select.model and (cfg.select.by in ("ifd", "length_matched") or cfg.select.diversity is not None):
         folder = Path(cfg.select.model)
         files = sorted(folder.glob("*")) if folder.is_dir() else []
         model = [cfg.select.model] + [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]

@@ -193,3 +193,34 @@ def load_scoring_model(path: str):
     model = load_model(cfg, tokenizer)
     model.eval()
     return model, tokenizer
+
+
+def length_matched_order(candidates: list[int], target: list[int], lengths: dict[int, int], seed: int,
+                         n_bins: int = 10) -> list[int]:  # fmt: skip
+    """A random order of ``candidates`` whose first ``len(target)`` records have the length distribution of
+    ``target`` (e.g. the records IFD selects): the candidates' lengths are cut into ``n_bins`` quantile bins,
+    and each bin gives as many random records as ``target`` has in it (a short bin: the nearest bins fill in).
+    The control that tells whether a selection wins by what it picks or only by how long its records are.
+
+    >>> lengths = {i: i for i in range(100)}
+    >>> first = length_matched_order(list(range(100)), list(range(90, 100)), lengths, seed=0)[:10]
+    >>> sorted(first) == list(range(90, 100))  # the 10 longest of 100 are one bin of 10
+    True
+    """
+    rng = np.random.default_rng(seed)
+    edges = np.quantile([lengths[i] for i in candidates], np.linspace(0, 1, n_bins + 1)[1:-1]) if candidates else []
+
+    def bin_of(i: int) -> int:
+        return int(np.searchsorted(edges, lengths[i], side="right"))
+
+    pools: dict[int, list[int]] = {b: [] for b in range(n_bins)}
+    for i in [candidates[k] for k in rng.permutation(len(candidates)).tolist()]:
+        pools[bin_of(i)].append(i)
+    picked: list[int] = []
+    for i in target:
+        b = bin_of(i)
+        near = sorted((abs(c - b), c) for c in pools if pools[c])
+        if near:
+            picked.append(pools[near[0][1]].pop())
+    rest = [i for b in range(n_bins) for i in pools[b]]
+    return picked + [rest[k] for k in rng.permutation(len(rest)).tolist()]

@@ -296,6 +296,26 @@ def test_select_by_length_random_budget_and_errors():
         )
 
 
+def test_length_matched_picks_random_records_with_the_lengths_of_the_ifd_selection(tiny_model, tiny_tokenizer,
+                                                                                    one_thread):  # fmt: skip
+    # Two length groups: responses of 1-2 words and of 12-13 words. Whatever IFD picks, the control picks as
+    # many records from each group, at random (other seeds, other records), and is scored by the same model.
+    pairs = [(f"question {i}?", " ".join(["word"] * (1 + i % 2 + (11 if i >= 10 else 0)))) for i in range(20)]
+    recs = records_of(*pairs)
+    opts = {"dedup": OFF.dedup, "filter": OFF.filter}
+    ifd = clean_records(recs, CleanConfig(**opts, select=DataSelectConfig(by="ifd", budget=6)),
+                        scoring_model=(tiny_model, tiny_tokenizer)).kept()  # fmt: skip
+    long_ifd = sum(i >= 10 for i in ifd)
+    picks = [
+        clean_records(recs, CleanConfig(**opts, select=DataSelectConfig(by="length_matched", budget=6, seed=s)),
+                      scoring_model=(tiny_model, tiny_tokenizer)).kept()  # fmt: skip
+        for s in (0, 1, 2)
+    ]
+    for kept in picks:
+        assert len(kept) == 6 and sum(i >= 10 for i in kept) == long_ifd
+    assert len({tuple(sorted(k)) for k in picks}) > 1  # random within the length bins
+
+
 def test_diversity_skips_records_too_similar(tiny_model, tiny_tokenizer, one_thread):
     recs = records_of(
         ("Hello!", "How can I help you today?"),

@@ -202,10 +202,12 @@ def plot_balance(tasks: dict[str, list[dict]], path: str | Path, title: str = ""
         front = sorted((r["loss"], r["gain"]) for r in rows if r["pareto"])
         ax.plot([a for a, _ in front], [b for _, b in front], "--", color="black", lw=1, label="Pareto front")
         ref = next((r for r in rows if r["name"] == "full_ft"), None)
-        if ref is not None and ref["gain"] > 0 and ref["loss"] > 0:
-            ax.axhspan(TARGET["gain_share"] * ref["gain"], ax.get_ylim()[1], xmax=1, color="green", alpha=0.06)
-            ax.axvline(TARGET["loss_share"] * ref["loss"], color="green", lw=0.8, ls=":",
-                       label="target: >= 95% of full FT's gain, <= 25% of its loss")  # fmt: skip
+        if ref is not None and ref["gain"] > 0 and ref["loss"] > 0:  # the target region, shaded
+            (x0, _), (_, y1) = ax.get_xlim(), ax.get_ylim()
+            ax.fill_betweenx([TARGET["gain_share"] * ref["gain"], y1], x0, TARGET["loss_share"] * ref["loss"],
+                             color="green", alpha=0.08, label="target: >= 95% of full FT's gain, <= 25% of its loss")
+            ax.set_xlim(left=x0)
+            ax.set_ylim(top=y1)
         ax.axhline(0, color="grey", lw=0.6)
         ax.axvline(0, color="grey", lw=0.6)
         ax.set_xlabel("versatility loss (% vs base, mean over versatility tasks; left = better)")

@@ -102,9 +102,9 @@ def test_chat_generation_stops_at_end_of_turn(tiny_tokenizer, tiny_model, monkey
 
     def fake_generate(model, tokenizer, prompts, *, max_new_tokens, stop, batch_size):
         seen["stop"], seen["prompts"] = tuple(stop), prompts
-        return ["Paris" for _ in prompts]
+        return ["Paris" for _ in prompts], [True for _ in prompts]  # (replies, ended)
 
-    monkeypatch.setattr(gen, "generate_greedy", fake_generate)
+    monkeypatch.setattr(gen, "generate_greedy_ended", fake_generate)
     t = TaskConfig(name="q", kind="generation", chat=True, prompt_template="{question}", answer_column="answers")
     res = score_generation(tiny_model, tiny_tokenizer, [{"question": "Capital of France?", "answers": ["Paris"]}], t)
     assert seen["stop"] == ("\n", "<|im_end|>") and res["exact_match"] == 1.0

@@ -58,6 +58,16 @@ def test_golden_gain_loss_and_shares():
     assert lo < full["gain"] < hi and "gain_share" not in full
 
 
+def test_a_gain_on_one_versatility_metric_does_not_pay_for_a_loss_on_another():
+    better_f1 = dict(FULL, acc_model=[0.9, 0.9, 0.9, 0.9])  # the untrained task improved a lot
+    pts = [{"name": "full_ft", "group": "full", "card": card(**FULL, **BASE)},
+           {"name": "x", "group": "x", "card": card(**better_f1, **BASE)}]  # fmt: skip
+    rows = {r["name"]: r for r in balance_points(pts, n_boot=100)}
+    ppl_loss = 100 * (math.exp(3.3) - math.exp(3.0)) / math.exp(3.0)
+    assert rows["x"]["loss"] == pytest.approx(ppl_loss / 2)  # f1 counts 0, not -80%
+    assert rows["x"]["loss_ci"][0] >= 0
+
+
 def test_needs_base_items_and_one_specialty_task():
     bad = points()
     bad[1]["card"]["tasks"][0]["items"]["base"] = None

@@ -6,7 +6,8 @@ For a point (a tuned model's scorecard with per-item values for it and its base;
   points (x 100);
 - **versatility loss**: the mean, over the versatility tasks' headline metrics, of the relative change for the
   worse from the base, in percent: ``(base - model) / base`` for higher-is-better metrics, ``(model - base) /
-  base`` for perplexity and losses (negative: the point is better than the base there). KL to the base is a
+  base`` for perplexity and losses, counted as 0 where the point is better than the base (a gain on one
+  metric, e.g. shorter answers helping an untrained QA task, does not pay for a loss on another). KL to the base is a
   drift measure, not a score: shown by the scorecards, not counted here. A task with F1 counts its F1 (exact
   match of a weak base is often 0);
 - **shares of a reference** (the full fine-tune): ``gain / gain_ref`` and ``loss / loss_ref``.
@@ -83,7 +84,7 @@ def gain_and_loss(sides: dict[str, dict]) -> tuple[np.ndarray, np.ndarray]:
     losses = []
     for s in vers:
         worse = (s["base"] - s["model"]) if s["higher_is_better"] else (s["model"] - s["base"])
-        losses.append(100 * worse / np.maximum(np.abs(s["base"]), 1e-12))
+        losses.append(np.maximum(0.0, 100 * worse / np.maximum(np.abs(s["base"]), 1e-12)))  # losses only
     return gain, np.mean(losses, axis=0)
 
 

@@ -64,7 +64,7 @@ def test_score_generation_uses_squad_metrics(tiny_model, tiny_tokenizer):
 def test_score_generation_golden_aggregates(monkeypatch, tiny_model, tiny_tokenizer):
     """With decoding replaced by known answers, EM / F1 / ROUGE-L aggregates are the hand values."""
     preds = ["The Paris.", "in the city of Paris", "Lyon"]
-    monkeypatch.setattr("sftlab.eval.generation.generate_greedy", lambda *a, **k: list(preds))
+    monkeypatch.setattr("sftlab.eval.generation.generate_greedy_ended", lambda *a, **k: (list(preds), [True] * 3))
     items = [{"q": "x", "answers": {"text": ["Paris", "Paris, France"]}} for _ in preds]
     task = TaskConfig(name="qa", kind="generation", prompt_template="{q}")
     res = score_generation(tiny_model, tiny_tokenizer, items, task)

@@ -12,6 +12,7 @@ from sftlab import __version__
 EXAMPLES = {
     "train": "sftlab train examples/sst2.yaml --set train.lr=1e-4 --output-dir runs/sst2",
     "data": "sftlab data inspect data/sst2/train.jsonl --tokenizer runs/tiny-base/final --limit 3",
+    "template": "sftlab template check runs/alpaca/final --data data/my_chats.jsonl",
     "eval": "sftlab eval --model runs/sst2/final --base runs/tiny-base/final --config examples/sst2.yaml",
     "generate": "sftlab generate --model runs/alpaca/final --prompts prompts.jsonl --out replies.jsonl",
     "chat": "sftlab chat --model runs/alpaca/final --system 'You are a helpful assistant.'",
@@ -229,6 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data_clean.add_arguments(dc)
     dc.set_defaults(func=data_clean.run)
+
+    tp = add("template", "check a chat template: exact masks, end-of-turn, tools, reasoning, inference prompt")
+    tsub = tp.add_subparsers(dest="template_command", metavar="TEMPLATE_COMMAND", required=True)
+    from sftlab.data import check as template_check
+
+    tc = tsub.add_parser(
+        "check",
+        help="run a battery of conversations through the template and print what is exact",
+        description=template_check.DESCRIPTION,
+        epilog=f"example: {template_check.EXAMPLE}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    template_check.add_arguments(tc)
+    tc.set_defaults(func=template_check.run)
 
     e = add("eval", "score a model (and its base) on specialty and versatility tasks")
     from sftlab.eval import cli as eval_cli

@@ -148,7 +148,11 @@ class DataConfig:
     mixture: MixtureConfig = field(default_factory=MixtureConfig)  # how sources with weight / count mix
     clean: CleanConfig | None = None  # data cleaning before rendering, per source, before mixing (see data.clean)
     template: str | None = None  # None: tokenizer's own; chatml | llama-3 | mistral | plain | file.jinja
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # template variables for every render, e.g. {enable_thinking: false}; also the defaults of the template saved in final/ (generate, chat, eval render the same)
     mask: str = "auto"  # auto | assistant | last_assistant | completion | all
+    reasoning: Literal["template", "keep", "drop"] = "template"  # reasoning traces (reasoning_content / thinking / <think>...</think>): as the template renders them (usually the last turn's only; a final reply's trace the template has no place for is written inline) | keep (every turn's; records where the template drops one are refused) | drop
+    reasoning_mask: Literal["all", "last", "none"] = "all"  # rendered traces trained: of every trained turn | of the last assistant turn only | none (context only)
+    tool_format: Literal["native", "json_in_content"] = "native"  # tool calls, results, tools list: the template's own format (a template that drops them is refused) | json_in_content (JSON text in the turns: a named fallback, not the model's format)
     max_seq_len: int = 1024  # tokens per sequence after rendering
     # longer than max_seq_len: truncate_right | truncate_left | drop | split (into max_seq_len pieces, each trained)
     truncation: Literal["truncate_right", "truncate_left", "drop", "split"] = "truncate_right"

@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["errors", "formats", "masks", "render", "report"]
+MODULES = ["errors", "formats", "masks", "render", "report", "spans", "templates", "tools", "reasoning"]
 
 
 @pytest.mark.parametrize("name", MODULES)

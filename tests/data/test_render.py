@@ -233,8 +233,9 @@ def test_apply_chat_template_reproduces_training_ids(tiny_tokenizer, gpt2_tokeni
 
 def test_template_without_tool_support_gets_calls_as_text(tiny_tokenizer, trained_runs):
     """A template that drops tool calls / outputs / schemas must not silently train on conversations without
-    them: calls become JSON text (trained), schemas a system message. (This template writes any role, so
-    the tool output keeps its role; for one that drops it, it would become a user turn.)"""
+    them: with the named fallback (data.tool_format: json_in_content) calls become JSON text (trained),
+    schemas a system message. (This template writes any role, so the tool output keeps its role; for one
+    that drops it, it would become a user turn.) Without it the record is refused (test_reasoning_tools.py)."""
     call = {"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}
     conv = chat(
         Message("user", Q1),
@@ -243,7 +244,7 @@ def test_template_without_tool_support_gets_calls_as_text(tiny_tokenizer, traine
         Message("assistant", A1),
         tools=[{"name": "f"}],
     )
-    enc = render(conv, tiny_tokenizer, resolve_chat_template(None, tiny_tokenizer))
+    enc = render(conv, tiny_tokenizer, resolve_chat_template(None, tiny_tokenizer), tool_format="json_in_content")
     im_end = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert enc.meta["text"].startswith(
         '<|im_start|>system\nYou can call these tools:\n{"name": "f"}<|im_end|>'
@@ -276,16 +277,22 @@ def test_straddling_token_is_trained_and_counted(gpt2_tokenizer, trained_runs):
     assert trained_runs(enc.input_ids, enc.labels) == [gpt2_tokenizer.encode(" Paris.<|endoftext|>")]
 
 
-def test_non_prefix_template_falls_back_to_search(tiny_tokenizer, trained_runs):
-    # A template that writes a marker after the last message only: prefixes are not prefixes of the whole.
+def test_non_prefix_template_gets_exact_spans_without_search(tiny_tokenizer, trained_runs):
+    # A template that writes a marker after the last message only: prefixes of the conversation are not
+    # prefixes of the whole. Before issue 17 its replies were found by searching the text (mask_method
+    # "search", which skipped the role header); now they are located by construction, the inference
+    # prompts are prefixes, and since this template has no generation prompt the model must write the
+    # assistant header itself at inference: it is trained with the reply.
     template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if not add_generation_prompt %}<|endoftext|>{% endif %}"
     )
     enc = render(chat(Q1, A1, Q2, A2), tiny_tokenizer, template)
     im_end = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert enc.meta["mask_method"] == "search"
-    assert trained_runs(enc.input_ids, enc.labels) == [tiny_tokenizer.encode(a) + [im_end] for a in (A1, A2)]
+    assert enc.meta["mask_method"] == "prefix"
+    expected = [tiny_tokenizer.encode("<|im_start|>assistant\n" + a) + [im_end] for a in (A1, A2)]
+    assert trained_runs(enc.input_ids, enc.labels) == expected
+    assert enc.meta["text"].endswith("<|endoftext|>")  # not trained: written after the last message only
 
 
 def test_template_that_rewrites_replies_is_a_clear_error(tiny_tokenizer):

@@ -19,7 +19,9 @@ from sftlab.data.sources import LoadedSource, read_row
 from sftlab.data.validate import validate_conversation
 
 COLUMNS = ("input_ids", "labels", "length", "num_trained", "source", "origin")
-INTERNAL = ("_status", "_truncated", "_eot", "_mismatch", "_fallback", "_removed")
+# _prompt: the record's first reply whose inference prompt is not a prefix of the training text (JSON, or "");
+# _reasoning: traces rendered / dropped by the template / written inline by sftlab; _segments: reasoning and tool token runs (JSON)
+INTERNAL = ("_status", "_truncated", "_eot", "_mismatch", "_prompt", "_reasoning", "_segments", "_removed")
 SKIP_HINT = "or set data.on_error: skip to skip and count such records"
 BATCH_SIZE = 512
 
@@ -39,7 +41,9 @@ def output_features():
             "_truncated": Value("bool"),
             "_eot": Value("bool"),
             "_mismatch": Value("int32"),
-            "_fallback": Value("bool"),
+            "_prompt": Value("string"),
+            "_reasoning": Sequence(Value("int32")),
+            "_segments": Value("string"),
             "_removed": Value("large_string"),
         }
     )
@@ -100,20 +104,23 @@ def encode_batch(batch: dict[str, list], indices: list[int], ctx: EncodeContext)
         else:
             meta = enc.meta
             row = _row(enc.input_ids, enc.labels, enc.source, enc.origin, truncated=meta["truncated"],
-                       eot=meta["eot_trained"], mismatch=meta["boundary_mismatches"],
-                       fallback=meta["mask_method"] != "prefix")  # fmt: skip
+                       eot=meta["eot_trained"], mismatch=meta["boundary_mismatches"], meta=meta)  # fmt: skip
         for k, v in row.items():
             out[k].append(v)
     return out
 
 
-def _row(ids, labels, source, origin, status="", truncated=False, eot=False, mismatch=0, fallback=False,
+def _row(ids, labels, source, origin, status="", truncated=False, eot=False, mismatch=0, meta=None,
          removed="") -> dict:  # fmt: skip
     """One output row (see ``output_features``); ``status`` is "" for a kept record, else the reason."""
+    meta = meta or {}
     trained = sum(1 for t in labels if t != -100)
+    prompt = json.dumps(meta["prompt_mismatch"], ensure_ascii=False) if meta.get("prompt_mismatch") else ""
+    reasoning = meta.get("reasoning") or {}
     return {"input_ids": ids, "labels": labels, "length": len(ids), "num_trained": trained, "source": source,
             "origin": origin, "_status": status, "_truncated": truncated, "_eot": eot, "_mismatch": mismatch,
-            "_fallback": fallback, "_removed": removed}  # fmt: skip
+            "_prompt": prompt, "_reasoning": [reasoning.get(k, 0) for k in ("rendered", "dropped", "inline")],
+            "_segments": json.dumps(meta.get("segments") or []), "_removed": removed}  # fmt: skip
 
 
 def _drop_message(enc, spec: RenderSpec) -> str:

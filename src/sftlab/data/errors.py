@@ -7,6 +7,8 @@ Every check has a short, stable ``reason`` code; with ``data.on_error: skip`` re
 
 from __future__ import annotations
 
+import json
+
 # Reasons a record is removed before tokenisation (validation) ...
 INVALID_JSON = "invalid_json"
 NOT_UTF8 = "not_utf8"
@@ -26,6 +28,16 @@ TEMPLATE_ERROR = "template_error"
 # ... and after tokenisation (never errors, always counted).
 EMPTY_MASK = "empty_mask"
 TOO_LONG = "too_long"
+
+
+def short_json(value, n: int = 60) -> str:
+    """A value as JSON for an error message, cut to ``n`` characters.
+
+    >>> short_json({"a": "xyz" * 30}, 20)
+    '{"a": "xyzxyzxyzx...'
+    """
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 class DataError(ValueError):

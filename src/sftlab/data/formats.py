@@ -5,9 +5,14 @@ Formats and their default columns (rename with ``columns: {canonical: column}``)
 - ``text``: ``text`` -> one trained text (language modelling), kind ``text``;
 - ``prompt_completion``: ``prompt``, ``completion`` (strings, or message lists) -> kind ``completion``;
 - ``alpaca``: ``instruction``, ``input``, ``output``, optional ``system``, ``history`` ([[q, a], ...]);
-- ``messages``: OpenAI ``messages`` [{role, content, tool_calls?, train?}], optional ``tools``, ``system``;
+- ``messages``: OpenAI ``messages`` [{role, content, tool_calls?, tool_call_id?, name?, reasoning_content?
+  (or thinking / reasoning), train?}], optional ``tools``, ``system``;
 - ``sharegpt``: ``conversations`` [{from, value}] with from = human / gpt / system / function_call /
   observation (+ common aliases), optional ``tools`` (list or JSON string), ``system``;
+
+Reasoning traces (a message field, or ``<think>...</think>`` leading a reply) become ``Message.reasoning``
+(reasoning.py); tool calls, results and tools lists are kept as given (tools.py, which also reads Hermes
+``<tool_call>`` blocks).
 - ``classification``: ``sentence`` (or ``text``), ``label`` + ``prompt_template`` and ``label_map``
   -> user = prompt, assistant = completion (default ``" {label}"``, the mapped label after a space);
 - ``extraction``: ``context``, ``question``, ``answers`` (SQuAD {text: [...]}, a list, or a string)
@@ -19,7 +24,6 @@ Templates are Python format strings over the row's columns plus the canonical na
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sftlab.config import SourceConfig
@@ -30,6 +34,15 @@ from sftlab.data.errors import (
     UNKNOWN_ROLE,
     WRONG_TYPE,
     DataError,
+    short_json,
+)
+from sftlab.data.reasoning import read_inline, read_reasoning
+from sftlab.data.tools import (
+    function_call,
+    read_tool_calls,
+    read_tools,
+    split_hermes_calls,
+    unwrap_tool_response,
 )
 from sftlab.data.types import Conversation, Message
 
@@ -165,89 +178,27 @@ def _string(row: dict, fmt: str, field: str, cfg: SourceConfig, required: bool =
         return value
     col = column_name(fmt, field, cfg, row)
     raise DataError(
-        f"expected a string, got {type(value).__name__} {_short(value)}",
+        f"expected a string, got {type(value).__name__} {short_json(value)}",
         reason=WRONG_TYPE,
         field=col,
         fix="store text as a JSON string",
     )
 
 
-def _short(value: Any, n: int = 60) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def _maybe_json(value: Any, field: str) -> Any:
-    """Tool lists and calls are often stored as JSON strings (glaive, LLaMA-Factory)."""
-    if isinstance(value, str):
-        if not value.strip():
-            return None
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                f"not valid JSON: {e.msg}",
-                reason=WRONG_TYPE,
-                field=field,
-                fix="store it as a JSON list (or a string holding one)",
-            ) from None
-    return value
-
-
 def _tools(row: dict, fmt: str, cfg: SourceConfig) -> list[dict] | None:
     col = column_name(fmt, "tools", cfg, row)
-    tools = _maybe_json(row.get(col), col)
-    if tools is None or tools == []:
-        return None
-    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-        raise DataError(
-            "expected a list of tool schemas (objects)",
-            reason=WRONG_TYPE,
-            field=col,
-            fix='write tools as [{"name": ..., "description": ..., "parameters": {...}}]',
-        )
-    return tools
+    return read_tools(row.get(col), col)
 
 
-def _tool_calls(value: Any, field: str) -> list[dict]:
-    """Normalise tool calls to OpenAI's [{"type": "function", "function": {"name", "arguments"}}]."""
-    calls = _maybe_json(value, field)
-    calls = [calls] if isinstance(calls, dict) else calls
-    if not isinstance(calls, list) or not calls:
-        raise DataError(
-            "expected a tool call object or a list of them",
-            reason=WRONG_TYPE,
-            field=field,
-            fix='write {"name": ..., "arguments": {...}}',
-        )
-    out = []
-    for call in calls:
-        fn = call.get("function", call) if isinstance(call, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise DataError(
-                f"a tool call needs a string 'name', got {_short(call)}",
-                reason=WRONG_TYPE,
-                field=field,
-                fix='write {"name": ..., "arguments": {...}}',
-            )
-        args = fn.get("arguments", fn.get("parameters", {}))
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except json.JSONDecodeError:
-                pass  # keep the string: templates write string arguments as they are
-        out.append({"type": "function", "function": {"name": fn["name"], "arguments": args}})
-    return out
-
-
-def _content(value: Any, field: str) -> str:
-    """Message content: a string, None (empty), or OpenAI content parts [{type: text, text}]."""
+def _content(value: Any, field: str) -> str | None:
+    """Message content: a string, None (kept: OpenAI's null content of a call-only turn), or OpenAI content
+    parts [{type: text, text}]."""
     if value is None or isinstance(value, str):
-        return value or ""
+        return value
     if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
         return "".join(str(p.get("text", "")) for p in value)
     raise DataError(
-        f"expected a string, got {type(value).__name__} {_short(value)}",
+        f"expected a string, got {type(value).__name__} {short_json(value)}",
         reason=WRONG_TYPE,
         field=field,
         fix="message content must be text (a string)",
@@ -289,8 +240,9 @@ def _prompt_completion(row: dict, cfg: SourceConfig) -> Conversation:
         messages += _messages(completion, column_name("prompt_completion", "completion", cfg))
         return Conversation(messages, kind="completion")
     prompt = _string(row, "prompt_completion", "prompt", cfg)
-    completion = _string(row, "prompt_completion", "completion", cfg)
-    return Conversation([Message("user", prompt), Message("assistant", completion)], kind="completion")
+    reasoning, completion, written = read_inline(_string(row, "prompt_completion", "completion", cfg))
+    reply = Message("assistant", completion, reasoning=reasoning, reasoning_text=written)
+    return Conversation([Message("user", prompt), reply], kind="completion")
 
 
 def _alpaca(row: dict, cfg: SourceConfig) -> Conversation:
@@ -304,7 +256,7 @@ def _alpaca(row: dict, cfg: SourceConfig) -> Conversation:
     for pair in history:
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
             raise DataError(
-                f"expected [question, answer] string pairs, got {_short(pair)}",
+                f"expected [question, answer] string pairs, got {short_json(pair)}",
                 reason=WRONG_TYPE,
                 field=col,
                 fix='write history as [["question", "answer"], ...]',
@@ -312,7 +264,8 @@ def _alpaca(row: dict, cfg: SourceConfig) -> Conversation:
         messages += [Message("user", pair[0]), Message("assistant", pair[1])]
     # Instruction and input as one user turn, separated by a blank line (either may be empty).
     user = "\n\n".join(p for p in (instruction, extra) if p.strip())
-    messages += [Message("user", user), Message("assistant", output)]
+    reasoning, output, written = read_inline(output)
+    messages += [Message("user", user), Message("assistant", output, reasoning=reasoning, reasoning_text=written)]
     return Conversation(messages, kind="chat")
 
 
@@ -321,49 +274,82 @@ def _messages(
 ) -> list[Message]:
     if not isinstance(items, list):
         raise DataError(
-            f"expected a list of messages, got {type(items).__name__} {_short(items)}",
+            f"expected a list of messages, got {type(items).__name__} {short_json(items)}",
             reason=WRONG_TYPE,
             field=col,
             fix=f'write {col} as [{{"{keys[0]}": ..., "{keys[1]}": ...}}]',
         )
-    out = []
-    for i, item in enumerate(items):
-        where = f"{col}[{i}]"
-        if not isinstance(item, dict):
-            raise DataError(
-                f"expected an object, got {_short(item)}",
-                reason=WRONG_TYPE,
-                field=where,
-                fix=f'each message is {{"{keys[0]}": ..., "{keys[1]}": ...}}',
-            )
-        raw_role = item.get(keys[0], item.get("role"))
-        role = roles.get(raw_role) if isinstance(raw_role, str) else None
-        if role is None:
-            raise DataError(
-                f"unknown role {raw_role!r}",
-                reason=UNKNOWN_ROLE,
-                field=f"{where}.{keys[0]}",
-                fix=f"use one of {', '.join(roles)}",
-            )
-        content = _content(item.get(keys[1], item.get("content")), f"{where}.{keys[1]}")
-        calls = item.get("tool_calls")
-        if raw_role == "function_call":  # ShareGPT: the value is the call itself
-            try:
-                calls, content = _tool_calls(content, f"{where}.{keys[1]}"), ""
-            except DataError:
-                calls = None  # not JSON: keep it as the assistant's text
-        elif calls is not None:
-            calls = _tool_calls(calls, f"{where}.tool_calls")
-        train = item.get("train", item.get("weight"))
-        if train is not None and train not in (True, False, 0, 1):
-            raise DataError(
-                f"expected true/false, got {_short(train)}",
-                reason=WRONG_TYPE,
-                field=f"{where}.train",
-                fix="train: true or false",
-            )
-        out.append(Message(role, content, None if train is None else bool(train), calls or None))
-    return out
+    return [_message(item, f"{col}[{i}]", roles, keys) for i, item in enumerate(items)]
+
+
+def _message(item: Any, where: str, roles: dict[str, str], keys) -> Message:
+    """One raw message -> ``Message``: role, content, train flag, reasoning and tool fields (see tools.py)."""
+    if not isinstance(item, dict):
+        raise DataError(
+            f"expected an object, got {short_json(item)}",
+            reason=WRONG_TYPE,
+            field=where,
+            fix=f'each message is {{"{keys[0]}": ..., "{keys[1]}": ...}}',
+        )
+    raw_role = item.get(keys[0], item.get("role"))
+    role = roles.get(raw_role) if isinstance(raw_role, str) else None
+    if role is None:
+        raise DataError(
+            f"unknown role {raw_role!r}",
+            reason=UNKNOWN_ROLE,
+            field=f"{where}.{keys[0]}",
+            fix=f"use one of {', '.join(roles)}",
+        )
+    content = _content(item.get(keys[1], item.get("content")), f"{where}.{keys[1]}")
+    calls = read_tool_calls(item.get("tool_calls"), f"{where}.tool_calls")
+    if raw_role == "function_call" and content is not None:  # ShareGPT: the value is the call itself
+        try:
+            calls, content = function_call(content, f"{where}.{keys[1]}"), ""
+        except DataError:
+            pass  # not JSON: keep it as the assistant's text
+    elif role == "assistant" and calls is None and content and "<tool_call>" in content:
+        hermes = split_hermes_calls(content, f"{where}.{keys[1]}")
+        if hermes is not None:
+            content, calls = hermes
+    if role == "tool" and content:
+        content = unwrap_tool_response(content)
+    reasoning = read_reasoning(item)
+    if reasoning is not None and not isinstance(reasoning, str):
+        raise DataError(
+            f"expected a string, got {short_json(reasoning)}",
+            reason=WRONG_TYPE,
+            field=f"{where}.reasoning_content",
+            fix="write the reasoning trace as text",
+        )
+    written = None
+    if role == "assistant" and reasoning is None and content:
+        reasoning, content, written = read_inline(content)
+    train = item.get("train", item.get("weight"))
+    if train is not None and train not in (True, False, 0, 1):
+        raise DataError(
+            f"expected true/false, got {short_json(train)}",
+            reason=WRONG_TYPE,
+            field=f"{where}.train",
+            fix="train: true or false",
+        )
+    return Message(
+        role,
+        content,
+        None if train is None else bool(train),
+        calls,
+        reasoning=reasoning,
+        reasoning_text=written,
+        tool_call_id=_optional_text(item.get("tool_call_id"), f"{where}.tool_call_id"),
+        name=_optional_text(item.get("name"), f"{where}.name"),
+    )
+
+
+def _optional_text(value: Any, field: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise DataError(
+        f"expected a string, got {short_json(value)}", reason=WRONG_TYPE, field=field, fix="write it as text"
+    )
 
 
 def _chat(row: dict, cfg: SourceConfig, fmt: str, field: str, roles, keys) -> Conversation:
@@ -423,7 +409,7 @@ def _extraction(row: dict, cfg: SourceConfig) -> Conversation:
         answers = [answers]
     if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
         raise DataError(
-            f"expected SQuAD answers {{text: [...]}}, a list or a string, got {_short(answers)}",
+            f"expected SQuAD answers {{text: [...]}}, a list or a string, got {short_json(answers)}",
             reason=WRONG_TYPE,
             field=col,
             fix='write answers as {"text": ["..."]}',

@@ -1,7 +1,8 @@
 """``sftlab data inspect PATH``: see records as the model will, trained spans highlighted, plus token stats.
 
-Human output: the first ``--show`` examples with trained tokens in colour (terminal) or in ``[[...]]``
-(otherwise), then the data summary. ``--json``: one JSON object per kept record on stdout
+Human output: the first ``--show`` examples with trained tokens in colour (terminal: green, reasoning
+traces magenta, tool calls and results cyan; bold when trained) or in ``[[...]]`` (otherwise), then the data
+summary. ``--json``: one JSON object per kept record on stdout
 (``input_ids``, ``labels`` with -100 where no loss, ``text`` = the decoded ``input_ids``, ``source``,
 ``origin``, ``length``, ``num_trained``) and nothing else; the summary goes to stderr. This interface is
 stable: other tools check masks through it.
@@ -17,7 +18,9 @@ from sftlab.config import DataConfig, SourceConfig
 from sftlab.data.errors import DataError
 from sftlab.data.formats import FORMATS
 from sftlab.data.masks import MASK_POLICIES
+from sftlab.data.reasoning import REASONING_MASKS, REASONING_MODES
 from sftlab.data.render import IGNORE_INDEX, TRUNCATIONS
+from sftlab.data.tools import TOOL_FORMATS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +33,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--template", help="chatml | llama-3 | mistral | plain | FILE.jinja (default: the tokenizer's)"
     )
     parser.add_argument("--mask", default="auto", choices=MASK_POLICIES, help="loss mask policy")
+    parser.add_argument(
+        "--chat-template-kwargs",
+        metavar="JSON",
+        help='template variables for every render, e.g. \'{"enable_thinking": false}\'',
+    )
+    parser.add_argument(
+        "--reasoning", default="template", choices=REASONING_MODES, help="reasoning traces (data.reasoning)"
+    )
+    parser.add_argument(
+        "--reasoning-mask", default="all", choices=REASONING_MASKS, help="which traces are trained"
+    )
+    parser.add_argument(
+        "--tool-format", default="native", choices=TOOL_FORMATS, help="tool calls: native or json_in_content"
+    )
     parser.add_argument("--limit", type=int, help="use only the first N records")
     parser.add_argument(
         "--json", action="store_true", help="one JSON object per record on stdout, summary on stderr"
@@ -78,6 +95,23 @@ def parse_mapping(text: str | None, what: str) -> dict[str, str]:
     return {k.strip(): v for k, v in pairs}
 
 
+def parse_kwargs(text: str | None) -> dict:
+    """``--chat-template-kwargs '{"enable_thinking": false}'`` -> a dict (JSON only, nothing evaluated)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        value = e
+    if not isinstance(value, dict):
+        raise DataError(
+            f"--chat-template-kwargs {text!r} is not a JSON object",
+            field="--chat-template-kwargs",
+            fix='write e.g. \'{"enable_thinking": false}\'',
+        )
+    return value
+
+
 def build_config(args) -> DataConfig:
     source = SourceConfig(
         path=args.path,
@@ -94,6 +128,10 @@ def build_config(args) -> DataConfig:
     return DataConfig(
         sources=(source,),
         template=args.template,
+        chat_template_kwargs=parse_kwargs(getattr(args, "chat_template_kwargs", None)),
+        reasoning=getattr(args, "reasoning", "template"),
+        reasoning_mask=getattr(args, "reasoning_mask", "all"),
+        tool_format=getattr(args, "tool_format", "native"),
         mask=args.mask,
         max_seq_len=args.max_seq_len,
         truncation=args.truncation,
@@ -103,15 +141,28 @@ def build_config(args) -> DataConfig:
     )
 
 
-def segments(tokenizer, ids: list[int], labels: list[int]) -> list[tuple[bool, str]]:
-    """(trained, text) runs of a record; text by decoding prefixes, so spacing matches the whole decode."""
+def segments(tokenizer, ids: list[int], labels: list[int], kinds: list[str] | None = None) -> list[tuple]:
+    """(trained, text) runs of a record; text by decoding prefixes, so spacing matches the whole decode.
+
+    With ``kinds`` (per token: "", "reasoning" or "tool"), runs also break where the kind changes and are
+    (trained, text, kind)."""
+    key = (lambda k: (labels[k] != IGNORE_INDEX, kinds[k])) if kinds else (lambda k: labels[k] != IGNORE_INDEX)
     runs, start = [], 0
     for k in range(1, len(ids) + 1):
-        if k == len(ids) or (labels[k] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
+        if k == len(ids) or key(k) != key(start):
             runs.append((start, k))
             start = k
     decoded = [""] + [decode(tokenizer, ids[:end]) for _, end in runs]
-    return [(labels[s] != IGNORE_INDEX, decoded[i + 1][len(decoded[i]) :]) for i, (s, _) in enumerate(runs)]
+    out = [(labels[s] != IGNORE_INDEX, decoded[i + 1][len(decoded[i]) :]) for i, (s, _) in enumerate(runs)]
+    return [(*o, kinds[s]) for o, (s, _) in zip(out, runs)] if kinds else out
+
+
+def token_kinds(row: dict) -> list[str]:
+    """Per token of a dataset row: "reasoning", "tool" or "" (from its ``_segments`` runs)."""
+    kinds = [""] * len(row["input_ids"])
+    for start, end, kind in json.loads(row.get("_segments") or "[]"):
+        kinds[start:end] = [kind] * (end - start)
+    return kinds
 
 
 def decode(tokenizer, ids: list[int]) -> str:
@@ -131,7 +182,7 @@ def run(args) -> int:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     from sftlab.data.pipeline import build_dataset
 
-    dataset, report = build_dataset(build_config(args), tokenizer, progress=False, allow_empty=True)
+    dataset, report = build_dataset(build_config(args), tokenizer, progress=False, allow_empty=True, segments=True)
     if args.json:
         for row in dataset:
             record = {
@@ -169,11 +220,13 @@ def _print_color(tokenizer, rows, report) -> None:
     from rich.text import Text
 
     console = Console(highlight=False)
+    console.print("[bold green]trained[/] · [magenta]reasoning[/] · [cyan]tool calls and results[/] (bold: trained) · [dim]not trained[/]")
     for row in rows:
         console.rule(f"{row['origin']} · {row['length']} tokens, {row['num_trained']} trained", style="dim")
         text = Text()
-        for trained, piece in segments(tokenizer, row["input_ids"], row["labels"]):
-            text.append(piece, style="bold green" if trained else "dim")
+        for trained, piece, kind in segments(tokenizer, row["input_ids"], row["labels"], token_kinds(row)):
+            colour = {"reasoning": "magenta", "tool": "cyan"}.get(kind, "green")
+            text.append(piece, style=f"bold {colour}" if trained else (colour if kind else "dim"))
         console.print(text)
     console.rule("summary", style="dim")
     console.print(report.summary_table())

@@ -34,7 +34,7 @@ from sftlab.data.mixing import mix_dataset, specs_from_sources
 from sftlab.data.render import RenderSpec, build_render_spec
 from sftlab.data.report import DataReport, add_source, removal_warnings, source_report, token_stats
 from sftlab.data.sources import load_source, source_fingerprint, source_name
-from sftlab.data.templates import resolve_chat_template, split_markers
+from sftlab.data.templates import resolve_chat_template, split_markers, template_name
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,10 @@ def build_dataset(
     progress: bool = True,
     allow_empty: bool = False,
     mix: bool = True,
+    segments: bool = False,
 ):
-    """(dataset, report): columns input_ids, labels (-100: no loss), length, num_trained, source, origin.
+    """(dataset, report): columns input_ids, labels (-100: no loss), length, num_trained, source, origin
+    (and ``_segments``, JSON token runs of reasoning and tool text, with ``segments``: data inspect).
 
     Removed records (validation failures with ``on_error: skip``, empty masks, too long with ``drop``) are
     written with their reason to ``skipped_path`` (JSONL) when given. Raises ``DataError`` for a bad record
@@ -58,9 +60,11 @@ def build_dataset(
     mixing.py); ``mix=False`` returns every kept record once, for callers that hold records out first.
     """
     with _progress_bars(progress):
-        dataset, report = _build(data_cfg, tokenizer, sources, skipped_path, allow_empty)
+        dataset, report = _build(data_cfg, tokenizer, sources, skipped_path, allow_empty, segments)
     for line in removal_warnings(report, data_cfg.warn_removed_share, skipped_path):
         print(f"warning: {line}" if not line.startswith(" ") else line, file=sys.stderr)
+    if report.prompt_warning and progress:  # data inspect shows it in its summary
+        print(f"warning: {report.prompt_warning}", file=sys.stderr)
     # ---- mixing: after every source is built, as the last step (sampling needs no tokenising, so it runs
     # after the cache and a change of weights re-tokenises nothing)
     if mix:
@@ -77,20 +81,18 @@ def mix_sources(dataset, sources: tuple[SourceConfig, ...], mixture):
     return mix_dataset(dataset, specs_from_sources(sources, _unique_names(sources)), mixture)
 
 
-def _build(data_cfg: DataConfig, tokenizer, sources, skipped_path: str | None, allow_empty: bool):
+def _build(data_cfg: DataConfig, tokenizer, sources, skipped_path: str | None, allow_empty: bool, segments: bool):
     t0 = time.perf_counter()
     sources = tuple(data_cfg.sources if sources is None else sources)
     if not sources:
         raise DataError(
             "no data sources", field="data.sources", fix="add one, e.g. data.sources: [{path: train.jsonl}]"
         )
-    template_text = resolve_chat_template(data_cfg.template, tokenizer)
-    spec = build_render_spec(
-        tokenizer, template_text, data_cfg.mask, data_cfg.max_seq_len, data_cfg.truncation
-    )
+    spec = render_spec(data_cfg, tokenizer)
     hf_cache = str(Path(data_cfg.cache_dir) / "hf") if data_cfg.cache_dir else None
     names = _unique_names(sources)
-    key = _cache_key(data_cfg, sources, names, tokenizer, spec, hf_cache) if data_cfg.cache_dir else None
+    cached = data_cfg.cache_dir and not segments
+    key = _cache_key(data_cfg, sources, names, tokenizer, spec, hf_cache) if cached else None
     hit = cache.load_entry(data_cfg.cache_dir, key) if key else None
     if hit:
         dataset, report_dict, removed_file = hit
@@ -100,6 +102,9 @@ def _build(data_cfg: DataConfig, tokenizer, sources, skipped_path: str | None, a
         return dataset, report
     report = DataReport(
         template=data_cfg.template or "tokenizer",
+        chat_template_kwargs=dict(data_cfg.chat_template_kwargs),
+        reasoning=data_cfg.reasoning,
+        tool_format=data_cfg.tool_format,
         mask=data_cfg.mask,
         max_seq_len=data_cfg.max_seq_len,
         truncation=data_cfg.truncation,
@@ -127,7 +132,7 @@ def _build(data_cfg: DataConfig, tokenizer, sources, skipped_path: str | None, a
     dataset = _concat(parts)
     removed_ds = _concat(removed).select_columns(["_removed"])
     _finish_report(report, dataset, removed_ds, tokenizer, spec, sources)
-    dataset = dataset.remove_columns(list(INTERNAL))
+    dataset = dataset.remove_columns([c for c in INTERNAL if not (segments and c == "_segments")])
     if not report.records_kept and not allow_empty:
         raise DataError(
             f"no records left to train on ({report.summary_line()})",
@@ -142,6 +147,22 @@ def _build(data_cfg: DataConfig, tokenizer, sources, skipped_path: str | None, a
     report.elapsed_s = round(time.perf_counter() - t0, 3)
     log.info("data: %s", report.summary_line())
     return dataset, report
+
+
+def render_spec(data_cfg: DataConfig, tokenizer) -> RenderSpec:
+    """The render settings of ``data_cfg`` for ``tokenizer`` (its template, kwargs, reasoning, tools)."""
+    return build_render_spec(
+        tokenizer,
+        resolve_chat_template(data_cfg.template, tokenizer),
+        data_cfg.mask,
+        data_cfg.max_seq_len,
+        data_cfg.truncation,
+        chat_template_kwargs=data_cfg.chat_template_kwargs,
+        reasoning=data_cfg.reasoning,
+        reasoning_mask=data_cfg.reasoning_mask,
+        tool_format=data_cfg.tool_format,
+        name=template_name(data_cfg.template, tokenizer),
+    )
 
 
 def encode_source(
@@ -242,6 +263,9 @@ def _cache_key(data_cfg, sources, names, tokenizer, spec: RenderSpec, hf_cache) 
             "template": cache.sha(spec.template_text),
             "plain": cache.sha(spec.plain_text),
             "mask": data_cfg.mask,
+            "chat_template_kwargs": data_cfg.chat_template_kwargs,
+            "reasoning": [data_cfg.reasoning, data_cfg.reasoning_mask],
+            "tool_format": data_cfg.tool_format,
             "max_seq_len": data_cfg.max_seq_len,
             "truncation": data_cfg.truncation,
             "on_error": data_cfg.on_error,
@@ -257,12 +281,22 @@ def _concat(parts):
 
 
 def _finish_report(report: DataReport, dataset, removed, tokenizer, spec: RenderSpec, sources) -> None:
-    cols = dataset.select_columns(["length", "num_trained", "_eot", "_mismatch", "_fallback"]).to_dict()
+    names = ["length", "num_trained", "origin", "_eot", "_mismatch", "_prompt", "_reasoning"]
+    cols = dataset.select_columns(names).to_dict()
     for k, v in token_stats(cols["length"], cols["num_trained"]).items():
         setattr(report, k, v)
     report.records_without_eot = sum(not e for e in cols["_eot"])
     report.boundary_mismatches = sum(cols["_mismatch"])
-    report.mask_fallbacks = sum(cols["_fallback"])
+    mismatches = [(o, json.loads(p)) for o, p in zip(cols["origin"], cols["_prompt"]) if p]
+    report.prompt_mismatches = len(mismatches)
+    report.prompt_warning = prompt_warning(mismatches, report.records_kept)
+    if report.prompt_warning:
+        report.warnings.append(report.prompt_warning)
+    report.reasoning_rendered = sum(r[0] for r in cols["_reasoning"])
+    report.reasoning_dropped = sum(r[1] for r in cols["_reasoning"])
+    report.reasoning_inline = sum(r[2] for r in cols["_reasoning"] if len(r) > 2)
+    if report.reasoning_inline and spec.reasoning == "template":
+        report.warnings.append(inline_warning(report.reasoning_inline, spec.template_name))
     first = removed.select(range(min(20, len(removed))))["_removed"]
     report.examples_removed = [{k: json.loads(r)[k] for k in ("origin", "reason", "error")} for r in first]
     if report.records_kept and report.records_without_eot == report.records_kept:
@@ -286,12 +320,41 @@ def _finish_report(report: DataReport, dataset, removed, tokenizer, spec: Render
             f"{report.boundary_mismatches:,} tokens straddle a trained-span border (the "
             "template's markup merges with the content when tokenised); they are trained"
         )
-    if report.mask_fallbacks:
-        report.warnings.append(
-            f"{report.mask_fallbacks:,} records: the template's prefixes are not prefixes of the "
-            "whole; their masks come from locating each turn's content"
-        )
     report.check()
+
+
+def inline_warning(n: int, template: str) -> str:
+    """One line: ``n`` traces of final replies written inline because the template has no place for them."""
+    return (
+        f"{n:,} reasoning traces of final replies (after the last user message) were written inline, as "
+        f"<think>...</think> before the reply as the data has them, because {template} renders no reasoning "
+        "there (data.reasoning: template); the model learns to write them so. Set data.reasoning: drop to "
+        "train the replies without them"
+    )
+
+
+def prompt_warning(mismatches: list[tuple[str, dict]], kept: int) -> str:
+    """One line: how many records train a reply after a prompt that inference never shows, the first one,
+    and what to set. ``mismatches``: (origin, {turn, last, adds}) of each such record."""
+    if not mismatches:
+        return ""
+    origin, first = mismatches[0]
+    head = (
+        f"{len(mismatches):,} of {kept:,} records train a reply whose inference prompt is not a prefix of the "
+        f"training text: at inference the generation prompt goes on with {first['adds']!r} where training has "
+        f"the reply (first: {origin}, message {first['turn']})"
+    )
+    if not any(m["last"] for _, m in mismatches):
+        fix = ("only earlier replies, which the template writes differently once they are history: set "
+               "data.mask: last_assistant to train final replies only")  # fmt: skip
+    elif "<think>" in first["adds"]:
+        fix = ("the prompt opens a reasoning block that training never has before a reply: train replies with "
+               "reasoning (reasoning_content or <think>...</think>, data.reasoning: keep) on a template that "
+               "renders it, set data.chat_template_kwargs where the template has a switch (e.g. "
+               "{enable_thinking: false}), or use data.template: FILE whose generation prompt matches")  # fmt: skip
+    else:
+        fix = "set data.chat_template_kwargs, or use data.template: FILE whose generation prompt matches its replies"
+    return f"{head}; {fix}"
 
 
 def _write_removed(removed, skipped_path: str | None, cache_dir: str | None) -> Path | None:

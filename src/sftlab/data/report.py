@@ -79,12 +79,21 @@ class DataReport:
     eot_warning: str = ""  # non-empty: trained spans never contain an end-of-turn token
     records_without_eot: int = 0  # kept records none of whose trained tokens is an end-of-turn token
     boundary_mismatches: int = 0  # tokens straddling a trained-span border (see render.py)
-    mask_fallbacks: int = 0  # records whose mask came from content search, not prefix rendering
+    prompt_mismatches: int = 0  # kept records with a reply whose inference prompt is not a prefix of the training text
+    prompt_warning: str = ""  # non-empty: what the inference prompt adds that training never has, and what to set
+    reasoning_rendered: int = 0  # reasoning traces the template wrote (trained unless data.reasoning_mask says not)
+    reasoning_dropped: int = 0  # reasoning traces the template left out (data.reasoning: template)
+    # of the traces rendered, those sftlab wrote inline as <think>...</think> before the reply (the template has
+    # no place for them: data.reasoning: keep, or the final replies' traces with data.reasoning: template)
+    reasoning_inline: int = 0
     warnings: list[str] = field(default_factory=list)
     mixture: dict[str, Any] = field(default_factory=dict)  # shares per source after mixing (data/mixing.py)
     clean: dict[str, Any] = field(default_factory=dict)  # the cleaning pass (data.clean): clean/report.py CleanReport
     examples_removed: list[dict] = field(default_factory=list)  # first few removed records (origin, reason)
     template: str = ""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    reasoning: str = ""
+    tool_format: str = ""
     mask: str = ""
     max_seq_len: int | None = None
     truncation: str = ""
@@ -108,7 +117,8 @@ class DataReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataReport:
-        data = dict(data)
+        known = {f for f in cls.__dataclass_fields__}
+        data = {k: v for k, v in data.items() if k in known}  # a report written by another version
         data["per_source"] = {k: SourceReport(**v) for k, v in data.get("per_source", {}).items()}
         return cls(**data)
 
@@ -129,10 +139,17 @@ class DataReport:
     def format(self) -> str:
         """Plain-text summary (several lines) for logs and non-terminal output."""
         lines = [self.summary_line()]
+        kwargs = f" {self.chat_template_kwargs}" if self.chat_template_kwargs else ""
         lines.append(
-            f"template: {self.template}; mask: {self.mask}; max_seq_len: {self.max_seq_len} "
+            f"template: {self.template}{kwargs}; mask: {self.mask}; max_seq_len: {self.max_seq_len} "
             f"({self.truncation}){'; from cache' if self.from_cache else ''}"
         )
+        if self.reasoning_rendered or self.reasoning_dropped:
+            inline = f" ({self.reasoning_inline:,} written inline)" if self.reasoning_inline else ""
+            lines.append(
+                f"reasoning ({self.reasoning}): {self.reasoning_rendered:,} traces rendered{inline}, "
+                f"{self.reasoning_dropped:,} left out by the template"
+            )
         if len(self.per_source) > 1:
             for s in self.per_source.values():
                 lines.append(
@@ -241,6 +258,8 @@ def length_histograms(lengths, trained, sources, bins: int = 20) -> dict[str, An
 
 # What to do about records removed for a reason (the console warning of a large share removed).
 REMOVAL_FIXES = {
+    "template_error": "the chat template cannot render them, or their loss spans cannot be proven; the first ones are "
+    "named below, and sftlab template check TOKENIZER --data FILE shows what the template supports",
     "too_long": "longer than data.max_seq_len with truncation: drop; raise data.max_seq_len or set data.truncation: split",
     "empty_mask": "nothing left to train (a reply cut off by data.max_seq_len loses its end of turn, or the mask "
     "selects no token); raise data.max_seq_len, set data.truncation: split, or check data.mask",

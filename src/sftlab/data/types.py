@@ -11,14 +11,29 @@ ROLES = ("system", "user", "assistant", "tool")
 @dataclass
 class Message:
     role: str  # system | user | assistant | tool
-    content: str
+    content: str | None  # None only for an assistant turn that only calls tools (OpenAI's content: null)
     train: bool | None = None  # None: decided by the mask policy
-    tool_calls: list[dict[str, Any]] | None = None  # OpenAI-style tool calls made by an assistant turn
+    # Tool calls made by an assistant turn, exactly as the data gives them (OpenAI / TRL: id, type,
+    # function.name, function.arguments as a string or an object); templates read these fields.
+    tool_calls: list[dict[str, Any]] | None = None
+    reasoning: str | None = None  # the turn's reasoning trace (reasoning_content / thinking / <think>...</think>)
+    tool_call_id: str | None = None  # a tool result: the id of the call it answers
+    name: str | None = None  # a tool result: the tool's name (some templates read it)
+    # the trace as the reply wrote it inline ("<think>\n...\n</think>\n\n", everything before the reply), when
+    # it came from there: a template with no place for the trace gets it back byte for byte (reasoning.py)
+    reasoning_text: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The message as chat templates (and ``apply_chat_template``) take it; reasoning as ``reasoning_content``."""
         d: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.reasoning is not None:
+            d["reasoning_content"] = self.reasoning
         if self.tool_calls:
             d["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            d["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            d["name"] = self.name
         if self.train is not None:
             d["train"] = self.train
         return d
@@ -31,7 +46,7 @@ class Conversation:
     messages: list[Message]
     source: str = ""  # source name
     origin: str = ""  # "file.jsonl:12" (line or row), for error messages
-    tools: list[dict[str, Any]] | None = None  # tool schemas offered to the model
+    tools: list[dict[str, Any]] | None = None  # tool schemas offered to the model, exactly as given
     kind: str = "chat"  # chat | text | completion (decides the default mask policy)
 
 

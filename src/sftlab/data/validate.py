@@ -1,6 +1,6 @@
 """Checks every conversation must pass before it is rendered; failures are ``DataError`` with a reason code.
 
-Checked: roles are known; contents are strings; outputs (and prompts) are not empty or whitespace-only;
+Checked: roles are known; contents are strings (null only for an assistant turn that calls tools); outputs (and prompts) are not empty or whitespace-only;
 roles come in a sensible order (system first, then user before assistant, no two user or two assistant
 turns in a row, tool outputs only after a tool call); at least one turn carries loss.
 """
@@ -47,14 +47,17 @@ def _check(conv: Conversation, mask_policy: str) -> None:
                 field=f"{where}.role",
                 fix=f"use one of {', '.join(ROLES)}",
             )
-        if not isinstance(m.content, str):
+        if m.content is None and m.role == "assistant" and m.tool_calls:
+            continue  # OpenAI's content: null of a turn that only calls tools
+        if not isinstance(m.content, str) and m.content is not None:
             raise DataError(
                 f"content must be a string, got {type(m.content).__name__}",
                 reason=WRONG_TYPE,
                 field=f"{where}.content",
                 fix="store message text as a string",
             )
-        if m.content.strip() or m.role == "tool" or (m.role == "assistant" and m.tool_calls):
+        text = m.content or ""
+        if text.strip() or m.role == "tool" or (m.role == "assistant" and m.tool_calls):
             continue
         if m.role == "assistant" or conv.kind == "text":
             what = "the text" if conv.kind == "text" else "the output (assistant turn)"

@@ -138,6 +138,7 @@ def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
 
     from sftlab.data.errors import TemplateError
     from sftlab.data.render import resolve_chat_template
+    from sftlab.data.templates import bake_template_kwargs
     from sftlab.model.adapters import apply_lora
     from sftlab.model.load import count_parameters, load_model, load_tokenizer, quantization_config_4bit
     from sftlab.model.select import apply_selection, format_trainable_table, is_active, trainable_table
@@ -174,9 +175,11 @@ def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
     if main:
         write_status(out, "running")
     tokenizer = load_tokenizer(cfg.model)
-    # The template used for training is the one saved with the model: inference renders what training saw.
+    # The template used for training is the one saved with the model: inference renders what training saw,
+    # data.chat_template_kwargs included (written into it as the defaults of its variables).
     try:
-        tokenizer.chat_template = resolve_chat_template(cfg.data.template, tokenizer)
+        template = resolve_chat_template(cfg.data.template, tokenizer)
+        tokenizer.chat_template = bake_template_kwargs(template, cfg.data.chat_template_kwargs)
     except TemplateError:
         if not cfg.data.sources or any(src.format != "text" for src in cfg.data.sources):
             raise

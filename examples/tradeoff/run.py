@@ -63,7 +63,9 @@ def sweep_runs(task: str, n: int, selection: bool) -> list[dict]:
                                                   f"data.sources.1.limit={replay_count(n, 0.25)}"]},
     ]  # fmt: skip
     if selection:  # n of 2n records; the replay source is cut to one (unused) record so it is not scored
-        pool = [f"data.sources.0.limit={2 * n}", "data.sources.1.limit=1", f"data.clean.select.budget={n}"]
+        # Selection only: no dedup (questions on one passage are near duplicates of each other) and no filters
+        pool = [f"data.sources.0.limit={2 * n}", "data.sources.1.limit=1", f"data.clean.select.budget={n}",
+                "data.clean.dedup.exact=none", "data.clean.dedup.near=none", "data.clean.filter.enabled=false"]
         runs += [
             {"name": "select_ifd", "group": "data selection", "set": [*pool, "data.clean.select.by=ifd"]},
             {"name": "select_random", "group": "data selection", "set": [*pool, "data.clean.select.by=random"]},

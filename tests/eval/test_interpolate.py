@@ -215,3 +215,5 @@ def test_tradeoff_experiment_sweeps_are_valid(tmp_path, task, size):
             c = cfgs[f"select_{by}"]
             assert c.data.clean.select.by == by and c.data.clean.select.budget == n
             assert c.data.sources[0].limit == 2 * n
+            # selection alone: no dedup or filter removes records before it (n of 2n, not n of fewer)
+            assert c.data.clean.dedup.near == c.data.clean.dedup.exact == "none" and not c.data.clean.filter.enabled

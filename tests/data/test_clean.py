@@ -300,14 +300,19 @@ def test_length_matched_picks_random_records_with_the_lengths_of_the_ifd_selecti
                                                                                     one_thread):  # fmt: skip
     # Two length groups: responses of 1-2 words and of 12-13 words. Whatever IFD picks, the control picks as
     # many records from each group, at random (other seeds, other records), and is scored by the same model.
+    # The target is what IFD keeps: records above max_ifd (here the median) are never part of it.
     pairs = [(f"question {i}?", " ".join(["word"] * (1 + i % 2 + (11 if i >= 10 else 0)))) for i in range(20)]
     recs = records_of(*pairs)
+    scores = score_records(tiny_model, tiny_tokenizer, [p for p, _ in pairs], [r for _, r in pairs])
+    cap = float(np.median(scores.ifd))
     opts = {"dedup": OFF.dedup, "filter": OFF.filter}
-    ifd = clean_records(recs, CleanConfig(**opts, select=DataSelectConfig(by="ifd", budget=6)),
+    ifd = clean_records(recs, CleanConfig(**opts, select=DataSelectConfig(by="ifd", budget=6, max_ifd=cap)),
                         scoring_model=(tiny_model, tiny_tokenizer)).kept()  # fmt: skip
+    assert all(scores.ifd[i] <= cap for i in ifd)
     long_ifd = sum(i >= 10 for i in ifd)
     picks = [
-        clean_records(recs, CleanConfig(**opts, select=DataSelectConfig(by="length_matched", budget=6, seed=s)),
+        clean_records(recs, CleanConfig(**opts, select=DataSelectConfig(by="length_matched", budget=6, seed=s,
+                                                                        max_ifd=cap)),
                       scoring_model=(tiny_model, tiny_tokenizer)).kept()  # fmt: skip
         for s in (0, 1, 2)
     ]

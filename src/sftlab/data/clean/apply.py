@@ -239,7 +239,8 @@ def _select(records: Records, cfg: CleanConfig, keep, remove, report: CleanRepor
     for s_index, (name, idx) in enumerate(by_source.items()):
         if sel.by == "length_matched":  # random records with the lengths of the IFD selection
             ifd = scores.ifd[[pos[i] for i in idx]]
-            by_ifd = [i for i, _ in sorted(zip(idx, ifd.tolist()), key=lambda t: (-np.nan_to_num(t[1], nan=-1e9), t[0]))]
+            ok = [(i, v) for i, v in zip(idx, ifd.tolist()) if np.isfinite(v) and v <= sel.max_ifd]  # as ifd keeps
+            by_ifd = [i for i, _ in sorted(ok, key=lambda t: (-t[1], t[0]))]
             lengths = {i: len(records.responses[i].split()) for i in idx}
             order = length_matched_order(idx, by_ifd[: budgets[name]], lengths, sel.seed + s_index)
         elif sel.by == "ifd":

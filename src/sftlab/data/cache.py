@@ -33,10 +33,20 @@ def code_version() -> str:
     h = hashlib.sha256(__version__.encode())
     pkg = resources.files("sftlab")
     for folder, suffix in (("data", ".py"), ("templates", ".jinja")):
-        for item in sorted(pkg.joinpath(folder).iterdir(), key=lambda p: p.name):
-            if item.name.endswith(suffix):
-                h.update(item.name.encode() + item.read_bytes())
+        for name, item in _files(pkg.joinpath(folder), folder):  # subpackages too (data/clean/)
+            if name.endswith(suffix):
+                h.update(name.encode() + item.read_bytes())
     return f"{__version__}+{h.hexdigest()[:12]}"
+
+
+def _files(folder, prefix: str):
+    """(relative name, file) under ``folder``, recursively, in name order."""
+    for item in sorted(folder.iterdir(), key=lambda p: p.name):
+        name = f"{prefix}/{item.name}"
+        if item.is_dir():
+            yield from _files(item, name)
+        else:
+            yield name, item
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -263,6 +263,15 @@ REMOVAL_FIXES = {
     "too_long": "longer than data.max_seq_len with truncation: drop; raise data.max_seq_len or set data.truncation: split",
     "empty_mask": "nothing left to train (a reply cut off by data.max_seq_len loses its end of turn, or the mask "
     "selects no token); raise data.max_seq_len, set data.truncation: split, or check data.mask",
+    # data.clean removes records on purpose: the hint says which setting did it
+    "exact_duplicate": "data.clean.dedup.exact found them equal to a kept record; dedup.exact: none keeps them",
+    "near_duplicate": "data.clean.dedup.near found them similar to a kept record (records sharing a long passage are "
+    "near duplicates); raise dedup.threshold, use dedup.near: prompt, or dedup.near: none",
+    "contaminated": "data.clean.decontaminate found eval items in them",
+    "not_selected": "data.clean.select kept its budget / share of the best-ranked records",
+    "ifd_above_max": "data.clean.select: IFD above max_ifd (the prompt does not help predict the reply)",
+    "too_similar": "data.clean.select.diversity: too close to an already selected record",
+    "unscorable": "data.clean.select: the reply has no token to score",
 }
 
 

@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         user_errors += (DataError,)
     except ImportError:
         pass
-    from sftlab.train.loop import TrainingStopped
+    from sftlab.train.runtime import TrainingStopped
 
     try:
         return int(args.func(args) or 0)

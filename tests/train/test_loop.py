@@ -128,7 +128,7 @@ def test_packed_training_matches_unpacked_first_step(tmp_path):
 def test_split_truncation_equals_training_on_the_pieces(tmp_path, packing):
     """``truncation: split`` trains each max_seq_len piece of a long sequence as a sequence of its own: the first
     step equals a run on a dataset holding those pieces (pieces with nothing to train left out)."""
-    from sftlab.train.loop import count_targets
+    from sftlab.train.plan import count_targets
 
     data, width = make_dataset(), 16
     rows = {"input_ids": [], "labels": [], "length": [], "source": []}

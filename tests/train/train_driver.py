@@ -18,7 +18,8 @@ from sftlab.config import LoraConfig, load_config
 from sftlab.model.adapters import apply_lora
 from sftlab.model.select import apply_selection, is_active
 from sftlab.model.tiny import build_tiny_llama
-from sftlab.train.loop import TrainingStopped, train
+from sftlab.train.loop import train
+from sftlab.train.runtime import TrainingStopped
 
 VOCAB = 64
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from sftlab.config import Config, ConfigError, to_dict
-from sftlab.train.loop import WRITE_ERRORS, TrainingStopped, write_problem
+from sftlab.train.runtime import WRITE_ERRORS, TrainingStopped, write_problem
 
 log = logging.getLogger(__name__)
 
@@ -163,15 +163,13 @@ def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
     check_trackers(cfg.train.report_to)  # a missing tracker package fails before any data work
     accelerator = build_accelerator(cfg.train.precision, cfg.train)
     main = accelerator.is_main_process
-    from sftlab.train.distributed import uses_fsdp2
-    from sftlab.train.zero import is_deepspeed
+    from sftlab.train.backends import select_backend
 
     # sharded: the main process alone cannot run the model after training (FSDP2, DeepSpeed ZeRO)
-    fsdp2 = uses_fsdp2(cfg.train.distributed, accelerator)
-    sharded = fsdp2 or is_deepspeed(accelerator)
-    engine_name = "fsdp2" if fsdp2 else "deepspeed"
+    backend = select_backend(cfg.train, accelerator)
+    sharded = backend.sharded
     if sharded and is_staged(cfg):
-        raise ConfigError(f"stages (or dmt) with train.distributed {engine_name} are not supported yet; use ddp")
+        raise ConfigError(f"stages (or dmt) with train.distributed {backend.name} are not supported yet; use ddp")
     if main:
         write_status(out, "running")
     tokenizer = load_tokenizer(cfg.model)

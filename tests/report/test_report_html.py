@@ -196,8 +196,8 @@ def test_docstring_examples(module):
 
 def test_a_stopped_run_writes_its_report(tmp_path, tiny_tokenizer_dir, monkeypatch):
     from sftlab.config import load_config
-    from sftlab.train.runtime import TrainingStopped
     from sftlab.train.run import run_training
+    from sftlab.train.runtime import TrainingStopped
 
     data = tmp_path / "chat.jsonl"
     data.write_text(

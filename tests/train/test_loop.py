@@ -128,13 +128,13 @@ def test_packed_training_matches_unpacked_first_step(tmp_path):
 def test_split_truncation_equals_training_on_the_pieces(tmp_path, packing):
     """``truncation: split`` trains each max_seq_len piece of a long sequence as a sequence of its own: the first
     step equals a run on a dataset holding those pieces (pieces with nothing to train left out)."""
-    from sftlab.train.plan import count_targets
+    from sftlab.data.types import count_trained
 
     data, width = make_dataset(), 16
     rows = {"input_ids": [], "labels": [], "length": [], "source": []}
     for ids, labels in zip(data["input_ids"], data["labels"]):
         for s in range(0, len(ids), width):
-            if count_targets(labels[s : s + width]):
+            if count_trained(labels[s : s + width]):
                 rows["input_ids"].append(ids[s : s + width])
                 rows["labels"].append(labels[s : s + width])
                 rows["length"].append(len(ids[s : s + width]))

@@ -16,6 +16,7 @@ from sftlab.data.errors import TOO_LONG, DataError
 from sftlab.data.formats import detect_format, to_conversation
 from sftlab.data.render import RenderSpec, encode_rendered, render_text
 from sftlab.data.sources import LoadedSource, read_row
+from sftlab.data.types import count_trained
 from sftlab.data.validate import validate_conversation
 
 COLUMNS = ("input_ids", "labels", "length", "num_trained", "source", "origin")
@@ -114,7 +115,7 @@ def _row(ids, labels, source, origin, status="", truncated=False, eot=False, mis
          removed="") -> dict:  # fmt: skip
     """One output row (see ``output_features``); ``status`` is "" for a kept record, else the reason."""
     meta = meta or {}
-    trained = sum(1 for t in labels if t != -100)
+    trained = count_trained(labels)
     prompt = json.dumps(meta["prompt_mismatch"], ensure_ascii=False) if meta.get("prompt_mismatch") else ""
     reasoning = meta.get("reasoning") or {}
     return {"input_ids": ids, "labels": labels, "length": len(ids), "num_trained": trained, "source": source,

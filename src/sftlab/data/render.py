@@ -42,9 +42,8 @@ from sftlab.data.templates import (
     template_variables,
 )
 from sftlab.data.tools import TOOL_FORMATS, call_name, tools_as_text
-from sftlab.data.types import Conversation, Encoded
+from sftlab.data.types import IGNORE_INDEX, Conversation, Encoded
 
-IGNORE_INDEX = -100
 TRUNCATIONS = ("truncate_right", "truncate_left", "drop", "split")
 SEGMENT_KINDS = ("reasoning", "tool")  # what data inspect colours apart (meta["segments"])
 

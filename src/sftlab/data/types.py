@@ -50,6 +50,19 @@ class Conversation:
     kind: str = "chat"  # chat | text | completion (decides the default mask policy)
 
 
+IGNORE_INDEX = -100  # a label with no loss (the position is context, not something the model must say)
+
+
+def count_trained(labels) -> int:
+    """Positions with a loss once labels are shifted: the first token is never predicted, so a labelled first
+    token does not count. The one rule for ``num_trained`` (dataset, data report) and the loop's count.
+
+    >>> count_trained([5, -100, 7, 8]), count_trained([-100, -100, 7])
+    (2, 1)
+    """
+    return sum(1 for x in labels[1:] if x != IGNORE_INDEX)
+
+
 @dataclass
 class Encoded:
     """Token ids and labels (-100 where no loss) of one rendered conversation."""
@@ -62,4 +75,4 @@ class Encoded:
 
     @property
     def num_trained(self) -> int:
-        return sum(1 for x in self.labels if x != -100)
+        return count_trained(self.labels)

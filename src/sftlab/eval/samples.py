@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sftlab.data.types import IGNORE_INDEX
+
 
 @dataclass
 class SamplePrompt:
@@ -29,11 +31,11 @@ def split_prompt(input_ids: list[int], labels: list[int], text_prompt_tokens: in
     >>> split_prompt([5, 6, 7, 8], [5, 6, 7, 8], text_prompt_tokens=1)
     ([5], [6, 7, 8])
     """
-    first = next((i for i, x in enumerate(labels) if x != -100), len(labels))
+    first = next((i for i, x in enumerate(labels) if x != IGNORE_INDEX), len(labels))
     if first < 1:
         first = max(1, min(text_prompt_tokens, len(input_ids) // 2))
     end = first
-    while end < len(labels) and labels[end] != -100:
+    while end < len(labels) and labels[end] != IGNORE_INDEX:
         end += 1
     return list(input_ids[:first]), list(input_ids[first:end])
 

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 
 import torch
 
-IGNORE = -100
+from sftlab.data.types import IGNORE_INDEX
 
 
 def shift_labels(labels: Sequence[int]) -> list[int]:
     """``[a, b, c] -> [b, c, -100]``: the label each position must predict."""
-    return list(labels[1:]) + [IGNORE]
+    return list(labels[1:]) + [IGNORE_INDEX]
 
 
 def plan_windows(
@@ -70,7 +70,7 @@ def collate_padded(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Ten
     for e in examples:
         n = len(e["input_ids"])
         ids.append(list(e["input_ids"]) + [pad_id] * (width - n))
-        lab.append(shift_labels(e["labels"]) + [IGNORE] * (width - n))
+        lab.append(shift_labels(e["labels"]) + [IGNORE_INDEX] * (width - n))
         att.append([1] * n + [0] * (width - n))
     return {
         "input_ids": torch.tensor(ids, dtype=torch.long),
@@ -104,7 +104,7 @@ def collate_packed(rows: Sequence[Sequence[dict]], pad_id: int) -> dict[str, tor
     for r_ids, r_lab, r_pos in zip(ids, lab, pos):
         pad = width - len(r_ids)
         r_ids.extend([pad_id] * pad)
-        r_lab.extend([IGNORE] * pad)
+        r_lab.extend([IGNORE_INDEX] * pad)
         r_pos.extend(range(pad))
     return {
         "input_ids": torch.tensor(ids, dtype=torch.long),

@@ -9,7 +9,6 @@ step:  window = the sequences of this optimizer step (chosen before it is split 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from sftlab.config import Config, TrainConfig
+from sftlab.data.types import count_trained
 from sftlab.train.attention import SEGMENT_ATTENTION, register_segment_attention
 from sftlab.train.backends import Backend, select_backend
 from sftlab.train.batches import collate_padded
@@ -28,7 +28,6 @@ from sftlab.train.plan import (
     StepPlan,
     build_step_plan,
     count_steps,
-    count_targets,
     iter_windows,
     make_batch,
     plan_indices,
@@ -168,7 +167,7 @@ def prepare_model(lm, cfg: Config) -> bool:
 
 def plan_dataset(train_dataset, cfg: Config, world: int) -> StepPlan:
     labels = train_dataset["labels"]
-    return build_step_plan(list(train_dataset["length"]), [count_targets(x) for x in labels], cfg, world,
+    return build_step_plan(list(train_dataset["length"]), [count_trained(x) for x in labels], cfg, world,
                            labels=labels)  # fmt: skip
 
 
@@ -208,7 +207,7 @@ def save_now(backend: Backend, ckpt_root: Path, step: int, scheduler, result: Ru
         prune_checkpoints(ckpt_root, keep_last)
 
 
-def step_losses(backend: Backend, cfg: Config, plan: StepPlan, dataset, micro_batches, n_window: int, step: int,
+def step_losses(backend: Backend, cfg: Config, plan: StepPlan, dataset, micro_batches, n_trained: int, step: int,
                 source_loss, faults, pad_id: int) -> tuple[float, bool]:  # fmt: skip
     """Forward and backward of this process's micro-batches of one window: ``(summed loss, all finite)``."""
     accelerator = backend.accelerator
@@ -222,7 +221,7 @@ def step_losses(backend: Backend, cfg: Config, plan: StepPlan, dataset, micro_ba
             with accelerator.autocast():
                 loss_sum, _ = forward_loss_sum(backend.model, batch, drop_padding_mask=cfg.train.causal_no_pad_mask,
                                                group_sums=source_loss.sums if source_loss is not None else None)
-            loss = faults.loss(step + 1, loss_sum * weight / max(n_window, 1))
+            loss = faults.loss(step + 1, loss_sum * weight / max(n_trained, 1))
             if not backend.backward(loss):
                 return local_loss, False
         local_loss += float(loss.detach())
@@ -292,9 +291,9 @@ def train(
         for step in range(start_step, total_steps):
             epoch, micro_batches = next(windows)
             # token normalisation over the whole window, on every process alike (all see the plan)
-            n_window = sum(plan.unit_targets[u] for m in micro_batches for u in m)
+            n_trained = sum(plan.unit_trained[u] for m in micro_batches for u in m)
             n_real = sum(plan.unit_lengths[u] for m in micro_batches for u in m)
-            local_loss, finite = step_losses(backend, cfg, plan, train_dataset, micro_batches, n_window, step,
+            local_loss, finite = step_losses(backend, cfg, plan, train_dataset, micro_batches, n_trained, step,
                                              source_loss, faults, pad_id)  # fmt: skip
             if source_loss is not None:
                 source_loss.end_step(accelerator)
@@ -308,7 +307,7 @@ def train(
             backend.zero_grad()
             tokens_since_log += n_real
             result.tokens += n_real
-            result.trained_tokens += n_window
+            result.trained_tokens += n_trained
             result.losses.append(step_loss if applied else float("nan"))
             result.grad_norms.append(grad_norm)
 

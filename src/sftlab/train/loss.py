@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from sftlab.data.types import IGNORE_INDEX
 from sftlab.train.attention import SEGMENT_ATTENTION, segment_index
 
-IGNORE = -100
 # Logits elements (labelled tokens x vocab) of one chunk at most: 2**24 = 64 MB in float32, 2,048 rows at vocab
 # 8,192 but 333 at 50,257 (half the peak memory of 2,048 rows there, measured: 0.8 vs 1.6 GB at 8 x 512 tokens).
 CHUNK_ELEMENTS = 2**24
@@ -70,7 +70,7 @@ class LossHead(torch.nn.Module):
         """Summed cross-entropy over labelled positions. With ``group_ids [B, T]`` (e.g. the source of each
         position) and ``group_sums [G]``, the detached per-group sums are added into ``group_sums`` too."""
         lm = self.lm
-        mask = shift_labels != IGNORE
+        mask = shift_labels != IGNORE_INDEX
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         inputs = {k: v for k, v in inputs.items() if v is not None}
         if position_ids is not None and lm.config._attn_implementation == SEGMENT_ATTENTION:
@@ -134,7 +134,7 @@ def forward_loss_sum(
     keys = ("input_ids", "shift_labels", "attention_mask", "position_ids", "group_ids")
     extra = {"group_sums": group_sums} if group_sums is not None and "group_ids" in batch else {}
     loss = head(**{k: batch[k] for k in keys if k in batch}, drop_padding_mask=drop_padding_mask, **extra)
-    return loss, int((batch["shift_labels"] != IGNORE).sum())
+    return loss, int((batch["shift_labels"] != IGNORE_INDEX).sum())
 
 
 class SourceLoss:
@@ -178,7 +178,7 @@ class SourceLoss:
         else:
             out = table[:, :1].expand(ids.shape[0], ids.shape[1])
         out = out.to(ids.device)
-        labelled = batch["shift_labels"] != -100
+        labelled = batch["shift_labels"] != IGNORE_INDEX
         self.counts += torch.bincount(out[labelled], minlength=len(self.names)).to(self.counts)
         return out
 

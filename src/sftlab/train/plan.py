@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from sftlab.config import Config
-from sftlab.data.render import IGNORE_INDEX
+from sftlab.data.types import count_trained
 from sftlab.train.batches import collate_packed, collate_padded, pack_bfd, plan_windows, split_window
 
 
@@ -22,7 +22,7 @@ class StepPlan:
 
     units: list[list[int]]  # unit -> items (dataset indices, or indices into ``pieces``)
     unit_lengths: list[int]  # tokens per unit
-    unit_targets: list[int]  # positions with a loss per unit
+    unit_trained: list[int]  # positions with a loss per unit
     window: int  # units per optimizer step
     micro: int  # units per micro-batch
     packed: bool
@@ -35,11 +35,6 @@ class StepPlan:
     def fill_rate(self, max_len: int) -> float:
         """Share of packed row capacity holding real tokens (1.0 when not packed)."""
         return sum(self.unit_lengths) / (max_len * len(self.units)) if self.packed else 1.0
-
-
-def count_targets(labels) -> int:
-    """Positions with a loss once labels are shifted (the first token is never predicted)."""
-    return sum(1 for x in labels[1:] if x != IGNORE_INDEX)
 
 
 def split_pieces(lengths: list[int], labels: list, max_len: int) -> tuple[list[tuple[int, int, int]], int, int]:
@@ -60,7 +55,7 @@ def split_pieces(lengths: list[int], labels: list, max_len: int) -> tuple[list[t
         split += 1
         for s in range(0, n, max_len):
             e = min(s + max_len, n)
-            if count_targets(labels[i][s:e]):
+            if count_trained(labels[i][s:e]):
                 pieces.append((i, s, e))
             else:
                 empty += 1
@@ -79,12 +74,12 @@ def build_step_plan(
     if cfg.data.truncation == "split" and any(n > cfg.data.max_seq_len for n in lengths):
         pieces, split, empty = split_pieces(lengths, labels, cfg.data.max_seq_len)
         lengths = [e - s for _, s, e in pieces]
-        targets = [count_targets(labels[i][s:e]) for i, s, e in pieces]
+        targets = [count_trained(labels[i][s:e]) for i, s, e in pieces]
     units = pack_bfd(lengths, cfg.data.max_seq_len) if cfg.data.packing else [[i] for i in range(len(lengths))]
     return StepPlan(
         units=units,
         unit_lengths=[sum(lengths[i] for i in u) for u in units],
-        unit_targets=[sum(targets[i] for i in u) for u in units],
+        unit_trained=[sum(targets[i] for i in u) for u in units],
         window=t.micro_batch_size * t.grad_accum * world,
         micro=t.micro_batch_size,
         packed=cfg.data.packing,

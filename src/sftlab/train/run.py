@@ -225,12 +225,12 @@ def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
             write_status(out, "stopped")
             raise
         if cfg.lora.enabled and cfg.lora.merge_on_save and sharded:
-            print(f"warning: lora.merge_on_save is skipped under {engine_name}; run: sftlab merge --adapter {final_dir}")
+            print(f"warning: lora.merge_on_save is skipped under {backend.name}; run: sftlab merge --adapter {final_dir}")
         elif cfg.lora.enabled and cfg.lora.merge_on_save:
             save_final(model.merge_and_unload(), tokenizer, out / "merged")
     samples.after(accelerator.unwrap_model(model), out)  # does nothing off the main process
     if cfg.eval.tasks and sharded and main:
-        print(f"note: eval.tasks are not scored inside a {engine_name} run; run: sftlab eval --model {final_dir}")
+        print(f"note: eval.tasks are not scored inside a {backend.name} run; run: sftlab eval --model {final_dir}")
     if cfg.eval.tasks and accelerator.is_main_process and not sharded:
         summary_card = write_run_scorecard(cfg, accelerator.unwrap_model(model), tokenizer, out, progress)
     else:

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from sftlab.model.load import pad_id_of  # noqa: F401 (the one pad rule; eval modules import it from here)
+
 # The sequences scored for one item: the shared context and one target token list per continuation.
 ContinuationSet = tuple[list[int], list[list[int]]]
 # (forward row, position of the logits predicting the first target, item, continuation, target ids)
@@ -138,14 +140,6 @@ def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
         ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
         mask[i, width - len(r) :] = 1
     return ids, mask
-
-
-def pad_id_of(tokenizer) -> int:
-    """A pad id: the tokenizer's pad, else eos, else 0 (the attention mask hides it either way)."""
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return int(tid)
-    return 0
 
 
 def _plan_rows(sets: Sequence[ContinuationSet]) -> tuple[list[list[int]], list[Read]]:

@@ -65,6 +65,15 @@ def load_tokenizer(cfg: ModelConfig):
     return tok
 
 
+def pad_id_of(tokenizer) -> int:
+    """A pad id: the tokenizer's pad, else eos, else 0 (the attention mask hides it either way).
+    The one rule for every batch sftlab pads: training, IFD scoring, eval, generation."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
 def quantization_config_4bit():
     """QLoRA's base: NF4 weights, double quantisation, bf16 compute (Dettmers et al. 2023).
 

@@ -17,6 +17,7 @@ import torch
 
 from sftlab.config import Config, TrainConfig
 from sftlab.data.types import count_trained
+from sftlab.model.load import pad_id_of
 from sftlab.train.attention import SEGMENT_ATTENTION, register_segment_attention
 from sftlab.train.backends import Backend, select_backend
 from sftlab.train.batches import collate_padded
@@ -274,7 +275,7 @@ def train(
     per_epoch, total_steps = count_steps(plan, cfg)
     source_loss = SourceLoss.for_dataset(train_dataset, accelerator.device)  # loss/<source> when several
     scheduler = build_scheduler(backend.schedule_optimizer, total_steps, t)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_id_of(tokenizer)
     faults = Faults()
     ckpt_root = out / "checkpoints"
     result = RunResult(output_dir=str(out), steps=total_steps, packing_fill=plan.fill_rate(cfg.data.max_seq_len),

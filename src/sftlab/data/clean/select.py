@@ -110,7 +110,9 @@ def score_records(
     """IFD (and optionally normalised mean-pooled embeddings) of every record, in batches of similar length."""
     model.eval()
     start = start_ids(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (start[0] if start else 0)
+    from sftlab.model.load import pad_id_of
+
+    pad_id = pad_id_of(tokenizer)
     p_ids = tokenizer([p + PROMPT_SEPARATOR if p else "" for p in prompts], add_special_tokens=False)["input_ids"]
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
     built = [build_ifd_rows(p, r, start, max_seq_len) for p, r in zip(p_ids, r_ids)]

@@ -17,39 +17,14 @@ from pathlib import Path
 import torch
 
 from sftlab.config import ConfigError
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """A model folder: ``path`` itself, or ``path/final`` for a run directory; a clear error otherwise."""
-    p = Path(path)
-    if (p / "final").is_dir() and not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
-        p = p / "final"
-    if not p.is_dir():
-        raise ConfigError(f"model folder not found: {path} (give RUN/final, a run directory or a model folder)")
-    if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
-        raise ConfigError(f"{p} holds no model (no config.json or adapter_config.json); give RUN/final")
-    return p
+from sftlab.model.load import load_for_inference as load_model_for_inference
+from sftlab.model.load import resolve_model_dir  # noqa: F401 (sftlab chat)
 
 
 def load_for_inference(model_dir: str | Path, trust_remote_code: bool = False):
-    """(model in eval mode, tokenizer) from a model folder, a run directory, or a LoRA adapter folder (its
-    base is the one named in ``adapter_config.json``). Safetensors only."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model_dir(model_dir)
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    if (path / "adapter_config.json").is_file():
-        from sftlab.model.load import load_adapter_model
-
-        model = load_adapter_model(path, trust_remote_code=trust_remote_code)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), trust_remote_code=trust_remote_code, use_safetensors=True
-        )
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    model.eval()
-    return model, tok
+    """(model in eval mode, tokenizer) to generate with, on the GPU when there is one (``model.load``)."""
+    return load_model_for_inference(model_dir, trust_remote_code=trust_remote_code,
+                                    device="cuda" if torch.cuda.is_available() else None)  # fmt: skip
 
 
 def build_prompt_ids(tokenizer, prompt: str | list[dict], system: str | None = None, chat: bool = True) -> list[int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from sftlab.config import ConfigError
 
@@ -24,22 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model_and_tokenizer(path: str, dtype: str = "float32", attn_implementation: str = "sdpa"):
-    """A saved causal LM and its tokenizer (safetensors only, no remote code), in eval mode."""
-    from sftlab.config import ModelConfig
-    from sftlab.model.load import load_model, load_tokenizer
+    """A saved causal LM (a LoRA adapter merged on its base) and its tokenizer, in eval mode (``model.load``)."""
+    from sftlab.model.load import load_for_inference
 
-    cfg = ModelConfig(
-        name_or_path=path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=False
-    )
-    tokenizer = load_tokenizer(cfg)
-    if (Path(path) / "adapter_config.json").is_file():  # a LoRA adapter: on its base, merged for scoring
-        from sftlab.model.load import load_adapter_model
-
-        model = load_adapter_model(path).merge_and_unload()
-    else:
-        model = load_model(cfg, tokenizer)
-    model.eval()
-    return model, tokenizer
+    return load_for_inference(path, dtype=dtype, attn_implementation=attn_implementation, merge_adapter=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -195,6 +195,49 @@ def load_adapter_model(adapter_dir, base: str | None = None, trust_remote_code: 
     return attach_adapter(base_model, adapter_dir, base)
 
 
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model folder: ``path`` itself, or ``path/final`` for a run directory; a clear error otherwise."""
+    p = Path(path)
+    if (p / "final").is_dir() and not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+        p = p / "final"
+    if not p.is_dir():
+        raise ConfigError(f"model folder not found: {path} (give RUN/final, a run directory or a model folder)")
+    if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+        raise ConfigError(f"{p} holds no model (no config.json or adapter_config.json); give RUN/final")
+    return p
+
+
+def load_for_inference(
+    name: str | Path,
+    *,
+    dtype: str = "auto",
+    attn_implementation: str = "sdpa",
+    merge_adapter: bool = False,
+    trust_remote_code: bool = False,
+    device: str | None = None,
+):
+    """(model in eval mode, tokenizer): the one way sftlab loads a model to run it (generate, chat, eval,
+    interpolate, export). ``name``: a model folder, a run directory (its ``final/``), a LoRA adapter folder (on
+    the base its ``adapter_config.json`` names; merged with ``merge_adapter``), a .gguf file or a hub id.
+    Safetensors or GGUF only; ``dtype`` "auto" keeps the saved one."""
+    path = Path(name)
+    if path.is_dir():
+        path = resolve_model_dir(path)
+        name = str(path)
+    cfg = ModelConfig(name_or_path=str(name), dtype=dtype, attn_implementation=attn_implementation,
+                      trust_remote_code=trust_remote_code)  # fmt: skip
+    tokenizer = load_tokenizer(cfg)
+    if (path / "adapter_config.json").is_file():
+        model = load_adapter_model(path, trust_remote_code=trust_remote_code)
+        if merge_adapter:
+            model = model.merge_and_unload()
+    else:
+        model = load_model(cfg, tokenizer)
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), tokenizer
+
+
 def param_numel(p) -> int:
     """Elements of a parameter, also when DeepSpeed ZeRO-3 has partitioned it (its local tensor is empty)."""
     return int(getattr(p, "ds_numel", p.numel()))

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-import sftlab.eval.scorecard as scorecard
+import sftlab.eval.kinds as kinds
 from sftlab.config import TaskConfig
 from sftlab.eval.base_cache import BaseCache
 from sftlab.eval.scorecard import evaluate_model
@@ -24,13 +24,13 @@ def _task(tmp_path, name="sent", role="specialty"):
 
 def _count_calls(monkeypatch):
     calls = []
-    real = scorecard.score_task
+    real = kinds.score_task
 
     def counting(model, *a, **k):
         calls.append(model)
         return real(model, *a, **k)
 
-    monkeypatch.setattr(scorecard, "score_task", counting)
+    monkeypatch.setattr(kinds, "score_task", counting)
     return calls
 
 

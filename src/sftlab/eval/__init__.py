@@ -6,8 +6,11 @@ Modules, from pure to model-facing:
 - ``compare``: paired comparison of two per-item result vectors (bootstrap CI, exact tests, verdict).
 - ``items``: reading eval files, rendering prompts, gold answers.
 - ``forward``: padding, batched continuation log-likelihoods, continuation tokenisation.
-- ``classification`` / ``generation`` / ``perplexity``: per-kind scorers.
-- ``tasks``: ``load_task_items`` and the dispatch from a ``TaskConfig`` to its scorer.
+- ``classification`` / ``generation`` / ``reply`` / ``perplexity``: per-kind scorers.
+- ``tasks``: ``load_task_items``.
+- ``kinds``: the task kinds as objects in one registry (``KINDS``): load, score (model and base, the base
+  from ``base_cache`` when scored before), compare, headline, per-item values; ``Scored`` is their result.
 - ``scorecard``: ``evaluate_model`` (model vs base), ``write_scorecard``, ``format_scorecard``.
+- ``balance`` / ``tradeoff``: points on the specialty / versatility plane; ``interpolate``: WiSE-FT.
 - ``cli``: ``sftlab eval``.
 """

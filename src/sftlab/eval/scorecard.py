@@ -28,54 +28,13 @@ from pathlib import Path
 import torch
 
 from sftlab.config import TaskConfig
-from sftlab.eval.base_cache import BaseCache, cached_base_score
-from sftlab.eval.entries import (
-    build_classification_metrics,
-    build_generation_metrics,
-    build_perplexity_metrics,
-    build_reply_metrics,
-)
+from sftlab.eval.base_cache import BaseCache
 from sftlab.eval.harness import evaluate_harness_task
 from sftlab.eval.items import hash_file
-from sftlab.eval.perplexity import tokenize_text
-from sftlab.eval.tasks import load_task_items, score_task
+from sftlab.eval.kinds import GEN_METRICS, kind_of  # noqa: F401 (GEN_METRICS: read by eval users)
 
 FORMAT = "sftlab.scorecard/1"
-HEADLINE = {"classification": ["accuracy"], "generation": None, "perplexity": ["perplexity", "kl_to_base"],
-            "reply_loss": ["reply_nll"], "lm_eval": None}
-GEN_METRICS = {"squad": ["exact_match", "f1"], "rouge_l": ["rouge_l"], "exact": ["exact_match"],
-               "reply_check": ["good_reply", "ended", "on_topic"]}
-GEN_HEADLINE = {"reply_check": ["good_reply"]}  # the other checks are shown, not headlined
 VERDICTS = ("better", "worse", "no significant change")
-
-
-def _same_vocab(model, base_model) -> bool:
-    a, b = model.get_output_embeddings(), base_model.get_output_embeddings()
-    return a is not None and b is not None and a.weight.shape[0] == b.weight.shape[0]
-
-
-def score_perplexity_pair(
-    model, tokenizer, base_model, base_tokenizer, task: TaskConfig, text: str, batch_size: int
-) -> tuple[dict, dict, bool, str | None]:
-    """(model result, base result, paired, why KL was skipped) for a perplexity task.
-
-    When both tokenisations of the text agree and the vocabularies match, one pass scores both
-    models and the KL; otherwise each model is scored on its own and windows are not paired.
-    """
-    ids = tokenize_text(tokenizer, text, task.max_tokens)
-    paired = ids == tokenize_text(base_tokenizer, text, task.max_tokens)
-    skipped = None
-    if paired and task.kl_to_base and _same_vocab(model, base_model):
-        res = score_task(
-            model, tokenizer, task, [{"text": text}], batch_size=batch_size, base_model=base_model
-        )
-        base = {**res["base"], "items": [{"nll": it["base_nll"]} for it in res["items"]]}
-        return res, base, True, None
-    if task.kl_to_base:
-        skipped = "different tokenisation of the text" if not paired else "different vocabulary sizes"
-    res = score_task(model, tokenizer, task, [{"text": text}], batch_size=batch_size)
-    base = score_task(base_model, base_tokenizer, task, [{"text": text}], batch_size=batch_size)
-    return res, base, paired, skipped
 
 
 def _log(progress: bool, message: str) -> None:
@@ -109,37 +68,16 @@ def evaluate_task(
         return {"name": task.name, "kind": task.kind, "role": task.role, "path": task.path, "data_sha256": None,
                 "limit": task.limit, "n_items": None, "headline": list(metrics), "metrics": metrics,
                 "extras": extras, "elapsed_s": round(time.perf_counter() - t0, 3)}
-    items = load_task_items(task)
-    base_res, paired, extras = None, True, {}
-    if task.kind == "perplexity" and base_model is not None:
-        res, base_res, paired, skipped = score_perplexity_pair(
-            model, tokenizer, base_model, base_tokenizer or tokenizer, task, items[0]["text"], batch_size
-        )
-        if skipped:
-            extras["kl_skipped"] = skipped
-    else:
-        res = score_task(model, tokenizer, task, items, batch_size=batch_size)
-        if base_model is not None:
-            base_tok = base_tokenizer or tokenizer
-            base_res = cached_base_score(base_cache, task, base_model, base_tok, batch_size,
-                                         lambda: score_task(base_model, base_tok, task, items, batch_size=batch_size))
-    if task.kind == "classification":
-        metrics = build_classification_metrics(res, base_res, bootstrap_samples)
-    elif task.kind == "generation":
-        metrics = build_generation_metrics(res, base_res, GEN_METRICS[task.metric], bootstrap_samples)
-    elif task.kind == "reply_loss":
-        metrics = build_reply_metrics(res, base_res, bootstrap_samples)
-    else:
-        metrics = build_perplexity_metrics(res, base_res, paired, bootstrap_samples)
-        extras.update({k: res[k] for k in ("nll", "n_tokens", "n_windows", "seq_len")})
-        if "cross_entropy_to_base" in res:
-            extras["cross_entropy_to_base"] = res["cross_entropy_to_base"]
-    headline = HEADLINE[task.kind] or GEN_HEADLINE.get(task.metric, GEN_METRICS[task.metric])
-    headline = [m for m in headline if m in metrics]
+    kind = kind_of(task)
+    scored = kind.score_pair(model, tokenizer, base_model, base_tokenizer or tokenizer, task, kind.load(task),
+                             batch_size, base_cache)  # fmt: skip
+    metrics, res, base_res = kind.compare(scored, task, bootstrap_samples), scored.model, scored.base
+    extras = scored.extras
+    headline = [m for m in kind.headline(task) if m in metrics]
     elapsed = time.perf_counter() - t0
     _log(
         progress,
-        f"{task.name} ({task.kind}, {res.get('n', res.get('n_windows'))} items): "
+        f"{task.name} ({task.kind}, {scored.n} items): "
         + ", ".join(f"{m} {metrics[m]['model']:.4g}" for m in headline)
         + f"  [{elapsed:.1f} s]",
     )
@@ -150,27 +88,21 @@ def evaluate_task(
         "path": task.path,
         "data_sha256": hash_file(task.path),
         "limit": task.limit,
-        "n_items": res.get("n", res.get("n_windows")),
+        "n_items": scored.n,
         "headline": headline,
         "metrics": metrics,
         "extras": extras,
         "elapsed_s": round(elapsed, 3),
     }
     if keep_items:
-        entry["items"] = {"model": item_values(task, res), "base": item_values(task, base_res) if base_res else None}
+        entry["items"] = {"model": kind.item_values(task, res),
+                          "base": kind.item_values(task, base_res) if base_res else None}  # fmt: skip
     return entry
 
 
 def item_values(task: TaskConfig, res: dict) -> dict[str, list[float]]:
-    """Per-item values behind the headline metrics, in item order: ``accuracy`` (0/1) for classification,
-    one list per metric for generation, ``nll`` per window (mean nats per token) for perplexity."""
-    if task.kind == "classification":
-        return {"accuracy": [float(it["correct"]) for it in res["items"]]}
-    if task.kind == "generation":
-        return {m: [float(it[m]) for it in res["items"]] for m in GEN_METRICS[task.metric]}
-    if task.kind == "reply_loss":
-        return {"reply_nll": [float(it["nll"]) for it in res["items"]]}
-    return {"nll": [float(it["nll"]) for it in res["items"]]}
+    """Per-item values behind the headline metrics, in item order (``kinds.Kind.item_values``)."""
+    return kind_of(task).item_values(task, res)
 
 
 def summarize_verdicts(tasks: list[dict]) -> dict:

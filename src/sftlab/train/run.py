@@ -133,15 +133,98 @@ def run_training(cfg: Config, progress: bool | None = None) -> dict:
         return _run_training(cfg, out, progress)
 
 
-def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
-    from rich.console import Console
-
+def load_run_tokenizer(cfg: Config):
+    """The run's tokenizer with the chat template training uses. That template is the one saved with the model,
+    so inference renders what training saw, data.chat_template_kwargs included (written into it as the
+    defaults of its variables)."""
     from sftlab.data.errors import TemplateError
     from sftlab.data.render import resolve_chat_template
     from sftlab.data.templates import bake_template_kwargs
+    from sftlab.model.load import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    try:
+        template = resolve_chat_template(cfg.data.template, tokenizer)
+        tokenizer.chat_template = bake_template_kwargs(template, cfg.data.chat_template_kwargs)
+    except TemplateError:
+        if not cfg.data.sources or any(src.format != "text" for src in cfg.data.sources):
+            raise
+        # plain-text language modelling renders text + eos and needs no chat template
+    return tokenizer
+
+
+def load_run_model(cfg: Config, tokenizer):
+    """The base model with LoRA adapters or a trainable selection applied (at most one of them)."""
     from sftlab.model.adapters import apply_lora
-    from sftlab.model.load import count_parameters, load_model, load_tokenizer, quantization_config_4bit
-    from sftlab.model.select import apply_selection, format_trainable_table, is_active, trainable_table
+    from sftlab.model.load import load_model
+    from sftlab.model.select import apply_selection, is_active
+
+    model = load_model(cfg.model, tokenizer, seed=cfg.train.seed, load_in_4bit=cfg.lora.load_in_4bit)
+    if cfg.lora.enabled and is_active(cfg.select):
+        raise ConfigError("use either lora.enabled or a select preset/pattern, not both")
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
+    elif is_active(cfg.select):
+        apply_selection(model, cfg.select)
+    return model
+
+
+def save_run_model(cfg: Config, accelerator, backend, model, tokenizer, out: Path, result) -> str | None:
+    """``final/`` (and ``merged/`` for LoRA with merge_on_save) on the main process; the folder, or None."""
+    from sftlab.train.artifacts import write_status
+
+    if not (cfg.output.save_final and accelerator.is_main_process):
+        return None
+    model = accelerator.unwrap_model(model)
+    try:
+        final_dir = str(save_final(model, tokenizer, out / "final", state_dict=result.full_state_dict))
+    except TrainingStopped:  # disk full or not writable: the checkpoints stay, the run says it stopped
+        write_status(out, "stopped")
+        raise
+    if cfg.lora.enabled and cfg.lora.merge_on_save and backend.sharded:
+        print(f"warning: lora.merge_on_save is skipped under {backend.name}; run: sftlab merge --adapter {final_dir}")
+    elif cfg.lora.enabled and cfg.lora.merge_on_save:
+        save_final(model.merge_and_unload(), tokenizer, out / "merged")
+    return final_dir
+
+
+def build_summary(cfg: Config, result, report, out: Path, summary_card, final_dir, train_records: int,
+                  eval_records: int, params: tuple[int, int], t0: float) -> dict:  # fmt: skip
+    """``summary.json``: the run in one object."""
+    trainable, total = params
+    summary = {
+        "scorecard": summary_card,
+        "output_dir": str(out),
+        "final_dir": final_dir,
+        "steps": result.steps,
+        "train_loss": result.final_loss,
+        "eval_loss": result.eval_loss,
+        "tokens": result.tokens,
+        "trained_tokens": result.trained_tokens,
+        "train_records": train_records,
+        "eval_records": eval_records,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "train_time_s": round(result.elapsed_s, 2),
+        "total_time_s": round(time.perf_counter() - t0, 2),
+        "resumed_from": result.resumed_from,  # the checkpoint this run continued, if any
+        "tokens_per_s": round((result.tokens - result.resumed_tokens) / max(result.elapsed_s, 1e-9), 1),  # this process's
+        "skipped_steps": result.skipped_steps,  # updates skipped for a non-finite loss or gradient
+        "loss_scale_skips": result.loss_scale_skips,  # DeepSpeed fp16: while the loss scale came down
+        "packing_fill": round(result.packing_fill, 4),
+        "split_sequences": result.split_sequences,
+        "pieces_without_targets": result.pieces_without_targets,
+        "data": report.to_dict() if hasattr(report, "to_dict") else None,
+        "config": to_dict(cfg),
+    }
+    return summary
+
+
+def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
+    from rich.console import Console
+
+    from sftlab.model.load import count_parameters, quantization_config_4bit
+    from sftlab.model.select import format_trainable_table, trainable_table
     from sftlab.report.trackers import check_trackers, follow_metrics
     from sftlab.train.artifacts import (
         Samples,
@@ -172,28 +255,13 @@ def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
         raise ConfigError(f"stages (or dmt) with train.distributed {backend.name} are not supported yet; use ddp")
     if main:
         write_status(out, "running")
-    tokenizer = load_tokenizer(cfg.model)
-    # The template used for training is the one saved with the model: inference renders what training saw,
-    # data.chat_template_kwargs included (written into it as the defaults of its variables).
-    try:
-        template = resolve_chat_template(cfg.data.template, tokenizer)
-        tokenizer.chat_template = bake_template_kwargs(template, cfg.data.chat_template_kwargs)
-    except TemplateError:
-        if not cfg.data.sources or any(src.format != "text" for src in cfg.data.sources):
-            raise
-        # plain-text language modelling renders text + eos and needs no chat template
+    tokenizer = load_run_tokenizer(cfg)
 
     train_ds, eval_ds, report = load_datasets(cfg, tokenizer, out, progress=progress)
     stages = prepare_stages(cfg, train_ds, out) if is_staged(cfg) else None
     if main:
         add_length_histograms(out, train_ds)
-    model = load_model(cfg.model, tokenizer, seed=cfg.train.seed, load_in_4bit=cfg.lora.load_in_4bit)
-    if cfg.lora.enabled and is_active(cfg.select):
-        raise ConfigError("use either lora.enabled or a select preset/pattern, not both")
-    if cfg.lora.enabled:
-        model = apply_lora(model, cfg.lora)
-    elif is_active(cfg.select):
-        apply_selection(model, cfg.select)
+    model = load_run_model(cfg, tokenizer)
     start_run(cfg, out)  # data and model are loaded: now a previous run may be replaced (output.overwrite)
     rows = trainable_table(model)
     (out / "trainable_parameters.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
@@ -216,18 +284,7 @@ def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
             if cfg.output.report:
                 write_report_or_warn(out)
         raise
-    final_dir = None
-    if cfg.output.save_final and accelerator.is_main_process:
-        model = accelerator.unwrap_model(model)
-        try:
-            final_dir = str(save_final(model, tokenizer, out / "final", state_dict=result.full_state_dict))
-        except TrainingStopped:  # disk full or not writable: the checkpoints stay, the run says it stopped
-            write_status(out, "stopped")
-            raise
-        if cfg.lora.enabled and cfg.lora.merge_on_save and sharded:
-            print(f"warning: lora.merge_on_save is skipped under {backend.name}; run: sftlab merge --adapter {final_dir}")
-        elif cfg.lora.enabled and cfg.lora.merge_on_save:
-            save_final(model.merge_and_unload(), tokenizer, out / "merged")
+    final_dir = save_run_model(cfg, accelerator, backend, model, tokenizer, out, result)
     samples.after(accelerator.unwrap_model(model), out)  # does nothing off the main process
     if cfg.eval.tasks and sharded and main:
         print(f"note: eval.tasks are not scored inside a {backend.name} run; run: sftlab eval --model {final_dir}")
@@ -235,31 +292,8 @@ def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
         summary_card = write_run_scorecard(cfg, accelerator.unwrap_model(model), tokenizer, out, progress)
     else:
         summary_card = None
-    summary = {
-        "scorecard": summary_card,
-        "output_dir": str(out),
-        "final_dir": final_dir,
-        "steps": result.steps,
-        "train_loss": result.final_loss,
-        "eval_loss": result.eval_loss,
-        "tokens": result.tokens,
-        "trained_tokens": result.trained_tokens,
-        "train_records": train_records,
-        "eval_records": len(eval_ds) if eval_ds is not None else 0,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "train_time_s": round(result.elapsed_s, 2),
-        "total_time_s": round(time.perf_counter() - t0, 2),
-        "resumed_from": result.resumed_from,  # the checkpoint this run continued, if any
-        "tokens_per_s": round((result.tokens - result.resumed_tokens) / max(result.elapsed_s, 1e-9), 1),  # this process's
-        "skipped_steps": result.skipped_steps,  # updates skipped for a non-finite loss or gradient
-        "loss_scale_skips": result.loss_scale_skips,  # DeepSpeed fp16: while the loss scale came down
-        "packing_fill": round(result.packing_fill, 4),
-        "split_sequences": result.split_sequences,
-        "pieces_without_targets": result.pieces_without_targets,
-        "data": report.to_dict() if hasattr(report, "to_dict") else None,
-        "config": to_dict(cfg),
-    }
+    summary = build_summary(cfg, result, report, out, summary_card, final_dir, train_records,
+                            len(eval_ds) if eval_ds is not None else 0, (trainable, total), t0)  # fmt: skip
     if stage_summaries is not None:
         summary["stages"] = stage_summaries
     if accelerator.is_main_process:

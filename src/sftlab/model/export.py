@@ -107,12 +107,10 @@ def export_model(model_dir: str | Path, out_dir: str | Path, max_shard_size: str
 
 def export_gguf(model_dir: str | Path, out_file: str | Path, quant: str = "f16") -> Path:
     """One GGUF file (llama.cpp, Ollama, LM Studio) of a run, a model folder or a LoRA adapter (merged)."""
-    from sftlab.generate import load_for_inference
     from sftlab.model.gguf import write_gguf
+    from sftlab.model.load import load_for_inference
 
-    model, tokenizer = load_for_inference(model_dir)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    model, tokenizer = load_for_inference(model_dir, merge_adapter=True)
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     return write_gguf(model.float().cpu(), tokenizer, out_file, quant=quant)

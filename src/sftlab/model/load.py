@@ -68,7 +68,7 @@ def load_tokenizer(cfg: ModelConfig):
 def pad_id_of(tokenizer) -> int:
     """A pad id: the tokenizer's pad, else eos, else 0 (the attention mask hides it either way).
     The one rule for every batch sftlab pads: training, IFD scoring, eval, generation."""
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+    for tid in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
         if tid is not None:
             return int(tid)
     return 0

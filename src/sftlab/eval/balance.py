@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from sftlab.eval.compare import bootstrap_weights
-from sftlab.eval.tradeoff import pareto_front, primary_metrics
+from sftlab.eval.tradeoff import pareto_front, primary_metrics, save_figure
 
 N_BOOT = 2000
 TARGET = {"gain_share": 0.95, "loss_share": 0.25}  # keep >= 95% of the gain with <= 25% of the loss
@@ -214,17 +214,7 @@ def plot_balance(tasks: dict[str, list[dict]], path: str | Path, title: str = ""
         ax.set_xlabel("versatility loss (% vs base, mean over versatility tasks; left = better)")
         ax.set_ylabel(f"{task} specialty gain (points vs base)")
         ax.set_title(task)
-        ax.grid(alpha=0.3)
-        handles, labels = ax.get_legend_handles_labels()
-        uniq = dict(zip(labels, handles))
-        ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="best")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, axes[0], path, title)
 
 
 def write_balance(sweeps: dict[str, str | Path], out_dir: str | Path, title: str = "",

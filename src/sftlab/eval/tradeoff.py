@@ -248,6 +248,14 @@ def plot_tradeoff(summary: dict, path: str | Path, title: str = "") -> Path | No
             ax.invert_xaxis()
         ax.set_xlabel(f"{x['key']} ({'higher' if x['higher_is_better'] else 'lower'} is better; right = better)")
         ax.set_ylabel(f"{y['key']} (specialty)")
+    return save_figure(fig, axes[0], path, title)
+
+
+def save_figure(fig, axes, path: str | Path, title: str = "") -> Path:
+    """Grid and one legend entry per label on every panel, the title, then ``path`` (PNG) and close."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
         ax.grid(alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
         uniq = dict(zip(labels, handles))

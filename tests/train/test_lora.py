@@ -77,3 +77,22 @@ def test_qlora_on_cpu_is_a_clear_error(tmp_path, capsys):
     code = main(["train", str(cfg)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "needs a CUDA GPU" in err[0], err
+
+
+def test_lora_init_is_decided_by_train_seed_alone(tmp_path, tiny_tokenizer):
+    """The adapters' random start depends on train.seed, not on what the process drew before."""
+    from sftlab.train.run import load_run_model
+
+    base_dir = tmp_path / "base"
+    build_tiny_llama(len(tiny_tokenizer), seed=0).save_pretrained(base_dir)
+
+    def lora_a(seed: int, draws: int) -> dict:
+        torch.rand(draws)  # some earlier, unrelated use of the global RNG
+        cfg = load_config(None, [f"model.name_or_path={base_dir}", "lora.enabled=true", "lora.r=4",
+                                 f"train.seed={seed}"])  # fmt: skip
+        model = load_run_model(cfg, tiny_tokenizer)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+
+    a, b, c = lora_a(0, 3), lora_a(0, 17), lora_a(1, 3)
+    assert a and all(torch.equal(a[n], b[n]) for n in a)
+    assert not all(torch.equal(a[n], c[n]) for n in a)

@@ -163,6 +163,9 @@ def load_run_model(cfg: Config, tokenizer):
     if cfg.lora.enabled and is_active(cfg.select):
         raise ConfigError("use either lora.enabled or a select preset/pattern, not both")
     if cfg.lora.enabled:
+        import torch
+
+        torch.manual_seed(cfg.train.seed)  # LoRA's A matrices start random: train.seed decides them, nothing else
         model = apply_lora(model, cfg.lora)
     elif is_active(cfg.select):
         apply_selection(model, cfg.select)

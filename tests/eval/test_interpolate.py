@@ -182,7 +182,7 @@ def test_tradeoff_experiment_sweeps_are_valid(tmp_path, task, size):
     import importlib.util
     from pathlib import Path
 
-    from sftlab.data.pipeline import _unique_names
+    from sftlab.data.pipeline import unique_names
     from sftlab.sweep import expand_runs, load_sweep, run_config
     from sftlab.train.stages import is_staged, plan_stages
 
@@ -207,7 +207,7 @@ def test_tradeoff_experiment_sweeps_are_valid(tmp_path, task, size):
         return
     dmt = cfgs["dmt"]
     assert is_staged(dmt)
-    stages = plan_stages(dmt, _unique_names(dmt.data.sources), Path("unused"))
+    stages = plan_stages(dmt, unique_names(dmt.data.sources), Path("unused"))
     assert [s.specs[-1].fraction for s in stages] == [None, 1 / 256]
     assert ("select_ifd" in cfgs) == (task == "squad")
     if task == "squad":

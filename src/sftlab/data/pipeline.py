@@ -78,7 +78,7 @@ def mix_sources(dataset, sources: tuple[SourceConfig, ...], mixture):
     """(mixed dataset, mixture report) of a built dataset whose rows carry their source name."""
     if len(dataset) == 0:
         return dataset, {}
-    return mix_dataset(dataset, specs_from_sources(sources, _unique_names(sources)), mixture)
+    return mix_dataset(dataset, specs_from_sources(sources, unique_names(sources)), mixture)
 
 
 def _build(data_cfg: DataConfig, tokenizer, sources, skipped_path: str | None, allow_empty: bool, segments: bool):
@@ -90,7 +90,7 @@ def _build(data_cfg: DataConfig, tokenizer, sources, skipped_path: str | None, a
         )
     spec = render_spec(data_cfg, tokenizer)
     hf_cache = str(Path(data_cfg.cache_dir) / "hf") if data_cfg.cache_dir else None
-    names = _unique_names(sources)
+    names = unique_names(sources)
     cached = data_cfg.cache_dir and not segments
     key = _cache_key(data_cfg, sources, names, tokenizer, spec, hf_cache) if cached else None
     hit = cache.load_entry(data_cfg.cache_dir, key) if key else None
@@ -237,7 +237,9 @@ def _encode_stream(stream, ctx: EncodeContext, hf_cache: str | None):
         raise find_data_error(e) or e from None
 
 
-def _unique_names(sources) -> list[str]:
+def unique_names(sources) -> list[str]:
+    """The name of each source (its ``name``, else its file stem), numbered from the second on when repeated:
+    the ``source`` of its records, and the name mixing, stages and reports use."""
     names, seen = [], {}
     for src in sources:
         name = source_name(src)

@@ -1,4 +1,4 @@
-"""Files a run writes besides the model and metrics: status.json, length histograms, samples.jsonl, report.html.
+"""Files a run writes besides the model and metrics: status.json, samples.jsonl, report.html.
 
 None of them changes training; rendering the report never fails a run (a warning says why it was not
 written, and ``sftlab report RUN`` can make it later).
@@ -24,27 +24,6 @@ def write_status(out: Path, state: str) -> None:
     tmp = out / "status.json.tmp"
     tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
     os.replace(tmp, out / "status.json")
-
-
-def add_length_histograms(out: Path, train_ds) -> None:
-    """Add tokens- and trained-tokens-per-record histograms (per source) of the records trained on to
-    ``data_report.json`` (``train.histograms``)."""
-    from sftlab.data.report import length_histograms
-
-    path = out / "data_report.json"
-    if not path.is_file() or train_ds is None or len(train_ds) == 0:
-        return
-    cols = train_ds.select_columns([c for c in ("length", "num_trained", "source") if c in train_ds.column_names])
-    data = cols.to_dict()
-    if "num_trained" not in data:
-        return
-    reports = json.loads(path.read_text(encoding="utf-8"))
-    reports["train"]["histograms"] = length_histograms(
-        data["length"], data["num_trained"], data.get("source") or ["all"] * len(data["length"])
-    )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(reports, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def can_generate_on_main(accelerator) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -16,73 +15,9 @@ from sftlab.train.runtime import WRITE_ERRORS, TrainingStopped, write_problem
 log = logging.getLogger(__name__)
 
 
-def load_datasets(cfg: Config, tokenizer, out: Path, progress: bool = True):
-    """(train, eval or None, data report): encoded datasets ready for the loop.
-
-    Records are held out for eval before the sources are mixed (an up-sampled record is never on both
-    sides); a staged run gets the unmixed training records (each stage mixes its own, train/stages.py).
-    """
-    from sftlab.data.mixing import format_mixture
-    from sftlab.data.pipeline import build_dataset, mix_sources
-    from sftlab.train.stages import is_staged
-
-    if not cfg.data.sources:
-        raise ConfigError("data.sources is empty: add at least one source, e.g. data.sources: [{path: train.jsonl}]")
-    skipped = cfg.data.skipped_file or str(out / "skipped.jsonl")
-    data_cfg = cfg.data
-    if data_cfg.clean is not None:  # selection by IFD scores with the base being fine-tuned unless told otherwise
-        from sftlab.data.clean.output import with_default_model
-
-        data_cfg = dataclasses.replace(data_cfg, clean=with_default_model(data_cfg.clean, cfg))
-    train_ds, report = build_dataset(data_cfg, tokenizer, skipped_path=skipped, progress=progress, mix=False)
-    reports: dict = {}
-    eval_ds = None
-    if cfg.eval.file:
-        first = cfg.data.sources[0]
-        src = type(first)(
-            **{
-                **{k: getattr(first, k) for k in first.__dataclass_fields__},
-                "path": cfg.eval.file,
-                "name": "eval",
-                "limit": None,
-                "weight": None,
-                "count": None,
-                "fraction": None,
-            }
-        )
-        eval_data = dataclasses.replace(cfg.data, clean=None)  # the eval file is never cleaned or selected
-        eval_ds, eval_report = build_dataset(eval_data, tokenizer, sources=(src,), skipped_path=None, progress=progress)
-        reports["eval"] = eval_report.to_dict()
-    elif cfg.eval.split_ratio > 0:
-        split = train_ds.train_test_split(test_size=cfg.eval.split_ratio, seed=cfg.train.seed)
-        train_ds, eval_ds = split["train"], split["test"]
-    if eval_ds is not None and len(eval_ds) > cfg.eval.max_records:
-        eval_ds = eval_ds.select(range(cfg.eval.max_records))
-    if not is_staged(cfg):
-        train_ds, report.mixture = mix_sources(train_ds, cfg.data.sources, cfg.data.mixture)
-        if progress and len(cfg.data.sources) > 1:
-            print(format_mixture(report.mixture))
-    reports = {"train": report.to_dict(), **reports}
-    (out / "data_report.json").write_text(json.dumps(reports, indent=2), encoding="utf-8")
-    return train_ds, eval_ds, report
-
-
-def prepare_stages(cfg: Config, train_ds, out: Path):
-    """Plan and mix the stages of a staged run (before any model is loaded: bad stage settings fail fast) and
-    add each stage's mixture to ``data_report.json``."""
-    from sftlab.data.pipeline import _unique_names
-    from sftlab.train.stages import mix_stages, plan_stages
-
-    stages = plan_stages(cfg, _unique_names(cfg.data.sources), out)
-    reports = json.loads((out / "data_report.json").read_text(encoding="utf-8"))
-    reports["stages"] = mix_stages(stages, train_ds)
-    if cfg.train.progress:
-        from sftlab.data.mixing import format_mixture
-
-        for st in stages:
-            print(f"stage {st.index + 1} {st.name}: {format_mixture(st.mixture_report)}")
-    (out / "data_report.json").write_text(json.dumps(reports, indent=2), encoding="utf-8")
-    return stages
+def write_data_report(data, out: Path) -> None:
+    """``data_report.json``: the reports of ``data.build`` (train with its histograms, eval, stages)."""
+    (out / "data_report.json").write_text(json.dumps(data.reports, indent=2), encoding="utf-8")
 
 
 def save_final(model, tokenizer, path: Path, state_dict: dict | None = None) -> Path:
@@ -226,19 +161,15 @@ def build_summary(cfg: Config, result, report, out: Path, summary_card, final_di
 def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
     from rich.console import Console
 
+    from sftlab.data import build
+    from sftlab.data.pipeline import unique_names
     from sftlab.model.load import count_parameters, quantization_config_4bit
     from sftlab.model.select import format_trainable_table, trainable_table
     from sftlab.report.trackers import check_trackers, follow_metrics
-    from sftlab.train.artifacts import (
-        Samples,
-        add_length_histograms,
-        can_generate_on_main,
-        write_report_or_warn,
-        write_status,
-    )
+    from sftlab.train.artifacts import Samples, can_generate_on_main, write_report_or_warn, write_status
     from sftlab.train.loop import build_accelerator, train
     from sftlab.train.outdir import start_run
-    from sftlab.train.stages import is_staged, run_stages
+    from sftlab.train.stages import is_staged, plan_stages, run_stages
 
     progress = cfg.train.progress if progress is None else progress
     t0 = time.perf_counter()
@@ -260,10 +191,12 @@ def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
         write_status(out, "running")
     tokenizer = load_run_tokenizer(cfg)
 
-    train_ds, eval_ds, report = load_datasets(cfg, tokenizer, out, progress=progress)
-    stages = prepare_stages(cfg, train_ds, out) if is_staged(cfg) else None
+    # stages are planned before any data work: bad stage settings fail first
+    stages = plan_stages(cfg, unique_names(cfg.data.sources), out) if is_staged(cfg) else None
+    data = build(cfg, tokenizer, out=out, stages=stages, progress=progress)
     if main:
-        add_length_histograms(out, train_ds)
+        write_data_report(data, out)
+    train_ds, eval_ds, report = data.train, data.eval, data.report
     model = load_run_model(cfg, tokenizer)
     start_run(cfg, out)  # data and model are loaded: now a previous run may be replaced (output.overwrite)
     rows = trainable_table(model)

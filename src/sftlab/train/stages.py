@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sftlab.config import Config, ConfigError, DmtConfig, MixtureConfig, SelectConfig, StageConfig, StageSourceConfig
-from sftlab.data.mixing import MixSpec, mix_dataset
+from sftlab.data.mixing import MixSpec
 
 
 @dataclass
@@ -156,17 +156,6 @@ def plan_stages(cfg: Config, names: list[str], out: Path) -> list[Stage]:
         stage.cfg = stage_train_config(cfg, sc, out / "stages" / stage.dirname)
         stages.append(stage)
     return stages
-
-
-def mix_stages(stages: list[Stage], train_ds) -> dict[str, dict]:
-    """Mix every stage's dataset from the (unmixed) training records; returns name -> mixture report."""
-    reports = {}
-    for st in stages:
-        st.dataset, st.mixture_report = mix_dataset(train_ds, st.specs, st.mixture)
-        if len(st.dataset) == 0:
-            raise ConfigError(f"stages: stage {st.name!r} has no records to train on (see its sources and weights)")
-        reports[st.name] = st.mixture_report
-    return reports
 
 
 def set_trainable(model, select: SelectConfig, lora: bool) -> None:

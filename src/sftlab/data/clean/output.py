@@ -124,12 +124,12 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from sftlab.data.clean.apply import clean_sources
-    from sftlab.data.pipeline import _unique_names
+    from sftlab.data.pipeline import unique_names
 
     cfg = resolve_config(args.inputs, args.format, args.set or [], args.eval_set or [])
     if not cfg.data.sources:
         raise DataError("no data sources", field="data.sources", fix="give data files, or a config with data.sources")
-    names = _unique_names(cfg.data.sources)
+    names = unique_names(cfg.data.sources)
     hf_cache = str(Path(cfg.data.cache_dir) / "hf") if cfg.data.cache_dir else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -391,6 +391,36 @@ def test_pipeline_counts_add_up_per_source_and_name_the_reason(two_sources, tiny
     assert report.clean["per_source"]["a"]["records_in"] == 5 and report.clean["contamination"][0]["items_hit"] == 1
 
 
+def test_pipeline_reads_and_converts_each_source_once(two_sources, tiny_tokenizer, monkeypatch):
+    """With data.clean the pass and the encoder share one read and one conversion of every record."""
+    import sftlab.data.clean.records as records_mod
+    import sftlab.data.encode as encode_mod
+    import sftlab.data.pipeline as pipeline_mod
+    from sftlab.data.pipeline import build_dataset
+
+    loads, conversions = [], []
+    real_load, real_convert = records_mod.load_source, records_mod.to_conversation
+
+    def counting_load(src, *args, **kwargs):
+        loads.append(src.name)
+        return real_load(src, *args, **kwargs)
+
+    def counting_convert(*args, **kwargs):
+        conversions.append(1)
+        return real_convert(*args, **kwargs)
+
+    for mod in (records_mod, pipeline_mod):
+        monkeypatch.setattr(mod, "load_source", counting_load)
+    for mod in (records_mod, encode_mod):
+        monkeypatch.setattr(mod, "to_conversation", counting_convert)
+    a, b, _ = two_sources
+    cfg = DataConfig(sources=(SourceConfig(path=str(a)), SourceConfig(path=str(b))), clean=CleanConfig(),
+                     on_error="skip", cache_dir=None)  # fmt: skip
+    ds, report = build_dataset(cfg, tiny_tokenizer, progress=False)
+    assert sorted(loads) == ["a", "b"] and len(conversions) == 8  # 5 + 3 records, each converted once
+    assert report.records_in == 8 and len(ds) == report.records_kept
+
+
 def test_cli_writes_kept_removed_and_report(two_sources, tmp_path, capsys):
     from sftlab.cli import main
 

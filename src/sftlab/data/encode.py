@@ -8,7 +8,7 @@ with the error in ``_removed`` (for the skipped-records file).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sftlab.config import SourceConfig
@@ -60,46 +60,40 @@ class EncodeContext:
     spec: RenderSpec
     tokenizer: Any
     on_error: str
-    drop: dict[int, dict[str, Any]] = field(default_factory=dict)  # row -> removal by data.clean (clean/apply.py)
+    # with data.clean, per row what the one conversion made of it (clean/records.py): a Conversation, the
+    # DataError that stopped it, or the cleaning pass's removal (a dict: operator, reason, error, ...)
+    conversations: list | None = None
 
 
 def encode_batch(batch: dict[str, list], indices: list[int], ctx: EncodeContext) -> dict[str, list]:
     """Encode one batch of raw rows; one output row per input row (removed rows carry their reason)."""
     out: dict[str, list] = {k: [] for k in COLUMNS + INTERNAL}
     rendered, slots, raws, failures = [], [], {}, {}
-    json_rows = ctx.source.kind == "json"
-    extras: dict[int, dict] = {}
     for i, index in enumerate(indices):
-        origin = batch["_origin"][i] if json_rows else ctx.source.origin(index)
-        raws[i] = batch["_raw"][i] if json_rows else None
-        if index in ctx.drop:  # removed by the cleaning pass: counted under its reason, never rendered
-            info = ctx.drop[index]
-            raws[i] = raws[i] if json_rows else read_row(ctx.source, batch, i, origin)
-            failures[i] = (info["reason"], f"{origin}: {info['error']}", origin)
-            extras[i] = {k: v for k, v in info.items() if k not in ("reason", "error")}
-            continue
+        origin = batch["_origin"][i] if ctx.source.kind == "json" else ctx.source.origin(index)
         try:
-            row = read_row(ctx.source, batch, i, origin)
-            raws[i] = row
-            conv = to_conversation(row, ctx.fmt, ctx.source_cfg, origin)
-            conv.source = ctx.source.name
-            validate_conversation(conv, ctx.spec.mask_policy)
+            conv = _conversation(batch, i, index, origin, ctx, raws)
+            if isinstance(conv, dict):  # removed by the cleaning pass: counted under its reason, never rendered
+                failures[i] = (conv["reason"], f"{origin}: {conv['error']}", origin,
+                               {k: v for k, v in conv.items() if k not in ("reason", "error")})  # fmt: skip
+                continue
             rendered.append(render_text(conv, ctx.spec))
             slots.append(i)
         except DataError as e:
             e = e.at(origin)
             if ctx.on_error == "raise":
                 raise e.with_fix(SKIP_HINT) from None
-            failures[i] = (e.reason, str(e), origin)
+            failures[i] = (e.reason, str(e), origin, {})
     encoded = dict(zip(slots, encode_rendered(rendered, ctx.tokenizer, ctx.spec)))
     for i in range(len(indices)):
         enc = encoded.get(i)
         if enc is not None and enc.meta["dropped"]:
-            failures[i] = (enc.meta["dropped"], _drop_message(enc, ctx.spec), enc.origin)
+            failures[i] = (enc.meta["dropped"], _drop_message(enc, ctx.spec), enc.origin, {})
         if i in failures:
-            reason, message, origin = failures[i]
+            reason, message, origin, extras = failures[i]
+            raw = raws[i] if i in raws else _raw_record(ctx.source, batch, i, origin)
             record = {"origin": origin, "source": ctx.source.name, "reason": reason, "error": message,
-                      **extras.get(i, {}), "record": raws[i]}  # fmt: skip
+                      **extras, "record": raw}  # fmt: skip
             removed = json.dumps(record, ensure_ascii=False, default=str)
             row = _row([], [], ctx.source.name, origin, status=reason, removed=removed)
         else:
@@ -109,6 +103,32 @@ def encode_batch(batch: dict[str, list], indices: list[int], ctx: EncodeContext)
         for k, v in row.items():
             out[k].append(v)
     return out
+
+
+def _conversation(batch: dict[str, list], i: int, index: int, origin: str, ctx: EncodeContext, raws: dict):
+    """Row ``i``'s validated ``Conversation`` (read and converted here, or with data.clean the one converted
+    before), or the cleaning pass's removal (a dict); raises the ``DataError`` that stopped it."""
+    if ctx.conversations is not None:
+        item = ctx.conversations[index]
+        if isinstance(item, dict) and ctx.source.kind == "json":
+            raws[i] = batch["_raw"][i]  # a removed JSON record is written as the line read
+        if isinstance(item, DataError):
+            raise item
+        return item
+    row = read_row(ctx.source, batch, i, origin)
+    raws[i] = row
+    conv = to_conversation(row, ctx.fmt, ctx.source_cfg, origin)
+    conv.source = ctx.source.name
+    validate_conversation(conv, ctx.spec.mask_policy)
+    return conv
+
+
+def _raw_record(source: LoadedSource, batch: dict[str, list], i: int, origin: str):
+    """The record of a removed row for the skipped-records file: the row read, else the JSON line as it is."""
+    try:
+        return read_row(source, batch, i, origin)
+    except DataError:
+        return batch["_raw"][i] if source.kind == "json" else None
 
 
 def _row(ids, labels, source, origin, status="", truncated=False, eot=False, mismatch=0, meta=None,

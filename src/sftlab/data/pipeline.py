@@ -111,8 +111,9 @@ def _build(data_cfg: DataConfig, tokenizer, sources, skipped_path: str | None, a
         cache_key=key,
     )
     # ---- cleaning (data.clean, clean/): dedup, filters, decontamination, selection on the conversations of
-    # all sources, before rendering and mixing; a removed record stays a row of its source, with its reason
-    drops = {}
+    # all sources, before rendering and mixing; each source is read and converted once, and its conversations
+    # are encoded as converted; a removed record stays a row of its source, with its reason
+    converted = {}
     if data_cfg.clean is not None:
         import datasets
 
@@ -120,11 +121,11 @@ def _build(data_cfg: DataConfig, tokenizer, sources, skipped_path: str | None, a
 
         cleaned = clean_sources(sources, names, data_cfg.clean, hf_cache, data_cfg.mask,
                                 progress=datasets.is_progress_bar_enabled())  # fmt: skip
-        drops, report.clean = cleaned.drops_by_source(), cleaned.report.to_dict()
+        converted, report.clean = cleaned.to_encode(), cleaned.report.to_dict()
     parts, removed = [], []
     for src, name in zip(sources, names):
         kept, removed_part, stats = encode_source(
-            replace(src, name=name), tokenizer, spec, data_cfg, hf_cache, drop=drops.get(name)
+            replace(src, name=name), tokenizer, spec, data_cfg, hf_cache, converted=converted.get(name)
         )
         parts.append(kept)
         removed.append(removed_part)
@@ -166,14 +167,18 @@ def render_spec(data_cfg: DataConfig, tokenizer) -> RenderSpec:
 
 
 def encode_source(
-    src: SourceConfig, tokenizer, spec: RenderSpec, data_cfg: DataConfig, hf_cache: str | None, drop=None
+    src: SourceConfig, tokenizer, spec: RenderSpec, data_cfg: DataConfig, hf_cache: str | None, converted=None
 ):
     """(kept rows, removed rows, SourceReport) of one source; rows as in ``encode.output_features``.
 
-    ``drop``: ``{row: removal}`` of the cleaning pass; those rows are removed with the removal's reason."""
-    loaded = load_source(src, hf_cache)
-    fmt = src.format if src.format != "auto" else detect_source_format(loaded, src, data_cfg.on_error)
-    ctx = EncodeContext(replace(loaded, dataset=None), fmt, src, spec, tokenizer, data_cfg.on_error, drop or {})
+    ``converted``: the source as data.clean read and converted it (``clean.records.ConvertedSource``, removed
+    rows holding their removal): encoded as it is, without reading the source again."""
+    if converted is not None:
+        loaded, fmt, conversations = converted.loaded, converted.fmt, converted.conversations
+    else:
+        loaded, conversations = load_source(src, hf_cache), None
+        fmt = src.format if src.format != "auto" else detect_source_format(loaded, src, data_cfg.on_error)
+    ctx = EncodeContext(replace(loaded, dataset=None), fmt, src, spec, tokenizer, data_cfg.on_error, conversations)
     ds = loaded.dataset
     if src.streaming:
         mapped = _encode_stream(ds, ctx, hf_cache)
@@ -217,8 +222,9 @@ def _map_fingerprint(ds, ctx: EncodeContext) -> str:
         ctx.on_error,
         cache.tokenizer_fingerprint(ctx.tokenizer),
     ]
-    if ctx.drop:
-        parts.append(sorted((k, v["reason"]) for k, v in ctx.drop.items()))
+    removals = [(k, c["reason"]) for k, c in enumerate(ctx.conversations or ()) if isinstance(c, dict)]
+    if removals:
+        parts.append(removals)
     return cache.cache_key({"map": parts})[:16]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from sftlab.config import CleanConfig, SourceConfig, to_dict
 from sftlab.data.clean.decontaminate import EvalSet, decontaminate, load_eval_set
 from sftlab.data.clean.dedup import exact_duplicates, near_duplicates
 from sftlab.data.clean.filters import check_language_support, check_record
-from sftlab.data.clean.records import Records, load_records
+from sftlab.data.clean.records import ConvertedSource, Records, convert_source, records_of
 from sftlab.data.clean.report import CleanReport, SourceCleanReport, length_histogram
 from sftlab.data.clean.select import (
     budget_of,
@@ -40,16 +40,22 @@ class CleanResult:
     records: Records
     removed: dict[int, dict[str, Any]] = field(default_factory=dict)  # record index -> operator, reason, ...
     report: CleanReport = field(default_factory=CleanReport)
+    keep: np.ndarray | None = None  # per record: kept by every operator
+    sources: list[ConvertedSource] = field(default_factory=list)  # what the records were made from
 
     def kept(self) -> list[int]:
         return [i for i in range(len(self.records)) if i not in self.removed]
 
-    def drops_by_source(self) -> dict[str, dict[int, dict[str, Any]]]:
-        """``{source: {row: removal}}`` of the records this pass removed (invalid records not included)."""
-        out: dict[str, dict[int, dict[str, Any]]] = {}
-        for i, info in self.removed.items():
-            out.setdefault(self.records.sources[i], {})[self.records.rows[i]] = info
-        return out
+    def to_encode(self) -> dict[str, ConvertedSource]:
+        """Per source name, its converted source with each removed row's conversation replaced by the removal
+        (a dict: operator, reason, error, ...): what the data pipeline encodes."""
+        removed_at = {(self.records.sources[i], self.records.rows[i]): info for i, info in self.removed.items()}
+        return {
+            cs.src.name: replace(
+                cs, conversations=[removed_at.get((cs.src.name, row), c) for row, c in enumerate(cs.conversations)]
+            )
+            for cs in self.sources
+        }
 
 
 class _Progress:
@@ -79,6 +85,37 @@ class _Progress:
                 yield self
 
 
+class _Pass:
+    """The state of one cleaning pass: the keep mask, the removals and the report, word views made once."""
+
+    def __init__(self, records: Records, cfg: CleanConfig, progress: bool) -> None:
+        self.records, self.cfg, self.bars = records, cfg, _Progress(progress)
+        self.result = CleanResult(records, keep=np.ones(len(records), dtype=bool))
+        self.keep, self.report = self.result.keep, self.result.report
+        self.vocab, self.views = Vocab(), {}
+
+    def words(self, view: str):
+        if view not in self.views:
+            texts = self.records.prompts if view == "prompt" else self.records.conversations()
+            self.views[view] = encode_texts(texts, self.vocab)
+        return self.views[view]
+
+    def remove(self, i: int, operator: str, reason: str, error: str, **extra) -> None:
+        self.keep[i] = False
+        info = {"operator": operator, "reason": reason, "error": error, **extra}
+        self.result.removed[i] = info
+        self.report.count(self.records.sources[i], operator, reason)
+        examples = self.report.examples.setdefault(operator, [])
+        if len(examples) < EXAMPLES_PER_OPERATOR:
+            examples.append({"id": self.records.ids[i], "source": self.records.sources[i], **info})
+
+    @contextmanager
+    def timed(self, operator: str):
+        start = time.perf_counter()
+        yield
+        self.report.timings_s[operator] = round(time.perf_counter() - start, 3)
+
+
 def clean_records(
     records: Records,
     cfg: CleanConfig,
@@ -87,101 +124,89 @@ def clean_records(
     progress: bool = False,
 ) -> CleanResult:
     """Run the configured operators; ``scoring_model`` is ``(model, tokenizer)`` for selection by IFD or
-    with diversity (loaded from ``cfg.select.model`` when not given)."""
-    n = len(records)
-    result = CleanResult(records)
-    report = result.report
-    report.config = to_dict(cfg)
+    with diversity (loaded from ``cfg.select.model`` when not given). The result: ``keep`` (per record),
+    ``removed`` (record -> operator, reason, error) and the report."""
+    p = _Pass(records, cfg, progress)
+    p.report.config = to_dict(cfg)
     for name, count in records.records_in().items():
-        report.per_source[name] = SourceCleanReport(name, records_in=count)
+        p.report.per_source[name] = SourceCleanReport(name, records_in=count)
     for inv in records.invalid:
-        report.count(inv.source, "validate", inv.reason)
-    keep = np.ones(n, dtype=bool)
-    vocab = Vocab()
-    views: dict[str, Any] = {}
-
-    def words(view: str):
-        if view not in views:
-            texts = records.prompts if view == "prompt" else records.conversations()
-            views[view] = encode_texts(texts, vocab)
-        return views[view]
-
-    def remove(i: int, operator: str, reason: str, error: str, **extra) -> None:
-        keep[i] = False
-        info = {"operator": operator, "reason": reason, "error": error, **extra}
-        result.removed[i] = info
-        report.count(records.sources[i], operator, reason)
-        examples = report.examples.setdefault(operator, [])
-        if len(examples) < EXAMPLES_PER_OPERATOR:
-            examples.append({"id": records.ids[i], "source": records.sources[i], **info})
-
-    def timed(operator: str):
-        start = time.perf_counter()
-        return lambda: report.timings_s.__setitem__(operator, round(time.perf_counter() - start, 3))
-
-    bars = _Progress(progress)
-    with bars.running():
+        p.report.count(inv.source, "validate", inv.reason)
+    with p.bars.running():
         if cfg.filter.enabled:
-            check_language_support(cfg.filter)
-            done = timed("filter")
-            advance = bars.task("clean: filters", n)
-            for i, (p, r) in enumerate(zip(records.prompts, records.responses)):
-                hit = check_record(p, r, cfg.filter)
-                if hit is not None:
-                    remove(i, "filter", hit.reason, hit.detail)
-                if advance and i % 1000 == 999:
-                    advance(1000)
-            done()
-
+            with p.timed("filter"):
+                _filter(p)
         if cfg.dedup.exact != "none":
-            done = timed("exact_dedup")
-            view = cfg.dedup.exact
-            sizes: dict[int, int] = {}
-            for i, j in exact_duplicates(words(view), keep, skip_empty=view == "prompt").items():
-                remove(i, "exact_dedup", "exact_duplicate", f"same {view} as {records.ids[j]}",
-                       duplicate_of=records.ids[j], duplicate_of_source=records.sources[j])  # fmt: skip
-                sizes[j] = sizes.get(j, 1) + 1
-            report.duplicate_clusters["exact"] = _size_histogram(sizes)
-            done()
-
+            with p.timed("exact_dedup"):
+                _exact_dedup(p)
         if cfg.dedup.near != "none":
-            done = timed("near_dedup")
-            d = cfg.dedup
-            view_words = words(d.near)
-            advance = bars.task("clean: near duplicates (MinHash)", int((keep & (view_words.lengths > 0)).sum()))
-            near = near_duplicates(view_words, keep, d.shingle_words, d.bands, d.rows, d.threshold, d.seed, advance)
-            for i, j in sorted(near.duplicate_of.items()):
-                remove(i, "near_dedup", "near_duplicate",
-                       f"{d.near} {near.similarity[i]:.2f} similar (Jaccard of {d.shingle_words}-word shingles) to "
-                       f"{records.ids[j]}", duplicate_of=records.ids[j], duplicate_of_source=records.sources[j],
-                       similarity=near.similarity[i])  # fmt: skip
-            report.duplicate_clusters["near"] = near.cluster_sizes
-            report.near_dedup = {"candidate_pairs": near.candidate_pairs, "verified_pairs": near.verified_pairs}
-            done()
-
+            with p.timed("near_dedup"):
+                _near_dedup(p)
         if eval_sets:
-            done = timed("decontaminate")
-            found, set_reports = decontaminate(words("conversation"), keep, eval_sets, vocab, cfg.decontaminate)
-            for i, c in sorted(found.items()):
-                how = f"shares a {cfg.decontaminate.long_ngram}-gram" if c.long_match else ""
-                cov = f"holds {c.coverage:.0%} of its {cfg.decontaminate.ngram}-grams"
-                remove(i, "decontaminate", "contaminated",
-                       f"contains eval item {c.item} of {c.eval_set} ({' and '.join(x for x in (how, cov) if x)})",
-                       eval_set=c.eval_set, eval_item=c.item, coverage=c.coverage)  # fmt: skip
-            report.contamination = [vars(r) for r in set_reports]
-            for r, rep in zip(set_reports, report.contamination):
-                rep["examples"] = [
-                    {"id": records.ids[i], "eval_item": c.item, "coverage": c.coverage}
-                    for i, c in sorted(found.items())
-                    if c.eval_set == r.name
-                ][:EXAMPLES_PER_OPERATOR]
-            done()
-
+            with p.timed("decontaminate"):
+                _decontaminate(p, eval_sets)
         if cfg.select.by != "none":
-            done = timed("select")
-            _select(records, cfg, keep, remove, report, scoring_model, bars)
-            done()
+            with p.timed("select"):
+                _select(records, cfg, p.keep, p.remove, p.report, scoring_model, p.bars)
+    _count_kept(records, p.keep, p.report)
+    return p.result
 
+
+def _filter(p: _Pass) -> None:
+    check_language_support(p.cfg.filter)
+    advance = p.bars.task("clean: filters", len(p.records))
+    for i, (prompt, response) in enumerate(zip(p.records.prompts, p.records.responses)):
+        hit = check_record(prompt, response, p.cfg.filter)
+        if hit is not None:
+            p.remove(i, "filter", hit.reason, hit.detail)
+        if advance and i % 1000 == 999:
+            advance(1000)
+
+
+def _exact_dedup(p: _Pass) -> None:
+    view, ids, sources = p.cfg.dedup.exact, p.records.ids, p.records.sources
+    sizes: dict[int, int] = {}
+    for i, j in exact_duplicates(p.words(view), p.keep, skip_empty=view == "prompt").items():
+        p.remove(i, "exact_dedup", "exact_duplicate", f"same {view} as {ids[j]}", duplicate_of=ids[j],
+                 duplicate_of_source=sources[j])  # fmt: skip
+        sizes[j] = sizes.get(j, 1) + 1
+    p.report.duplicate_clusters["exact"] = _size_histogram(sizes)
+
+
+def _near_dedup(p: _Pass) -> None:
+    d, ids, sources = p.cfg.dedup, p.records.ids, p.records.sources
+    view_words = p.words(d.near)
+    advance = p.bars.task("clean: near duplicates (MinHash)", int((p.keep & (view_words.lengths > 0)).sum()))
+    near = near_duplicates(view_words, p.keep, d.shingle_words, d.bands, d.rows, d.threshold, d.seed, advance)
+    for i, j in sorted(near.duplicate_of.items()):
+        p.remove(i, "near_dedup", "near_duplicate",
+                 f"{d.near} {near.similarity[i]:.2f} similar (Jaccard of {d.shingle_words}-word shingles) to "
+                 f"{ids[j]}", duplicate_of=ids[j], duplicate_of_source=sources[j],
+                 similarity=near.similarity[i])  # fmt: skip
+    p.report.duplicate_clusters["near"] = near.cluster_sizes
+    p.report.near_dedup = {"candidate_pairs": near.candidate_pairs, "verified_pairs": near.verified_pairs}
+
+
+def _decontaminate(p: _Pass, eval_sets: list[EvalSet]) -> None:
+    dc = p.cfg.decontaminate
+    found, set_reports = decontaminate(p.words("conversation"), p.keep, eval_sets, p.vocab, dc)
+    for i, c in sorted(found.items()):
+        how = f"shares a {dc.long_ngram}-gram" if c.long_match else ""
+        cov = f"holds {c.coverage:.0%} of its {dc.ngram}-grams"
+        p.remove(i, "decontaminate", "contaminated",
+                 f"contains eval item {c.item} of {c.eval_set} ({' and '.join(x for x in (how, cov) if x)})",
+                 eval_set=c.eval_set, eval_item=c.item, coverage=c.coverage)  # fmt: skip
+    p.report.contamination = [vars(r) for r in set_reports]
+    for r, rep in zip(set_reports, p.report.contamination):
+        rep["examples"] = [
+            {"id": p.records.ids[i], "eval_item": c.item, "coverage": c.coverage}
+            for i, c in sorted(found.items())
+            if c.eval_set == r.name
+        ][:EXAMPLES_PER_OPERATOR]
+
+
+def _count_kept(records: Records, keep: np.ndarray, report: CleanReport) -> None:
+    """Kept records and response-length histograms per source, and the totals (checked to add up)."""
     code = {name: k for k, name in enumerate(report.per_source)}
     source_of = np.array([code[name] for name in records.sources], dtype=np.int64)
     response_words = np.array([len(r.split()) for r in records.responses], dtype=np.int64)
@@ -193,7 +218,6 @@ def clean_records(
     report.records_in = sum(s.records_in for s in report.per_source.values())
     report.records_kept = sum(s.records_kept for s in report.per_source.values())
     report.check()
-    return result
 
 
 def _size_histogram(cluster_sizes: dict[int, int]) -> dict[int, int]:
@@ -302,13 +326,16 @@ def clean_sources(
     progress: bool = False,
     scoring_model=None,
 ) -> CleanResult:
-    """Load every source, run the pass over all of them; see ``clean_records``."""
+    """Read and convert every source once, run the pass over all of them; see ``clean_records``. The result
+    holds the converted sources (``to_encode``: what the data pipeline encodes)."""
     eval_sets = load_eval_sets(cfg, hf_cache)
     bars = _Progress(progress)
     with bars.running():
         advance = bars.task("clean: reading records", None)
-        records = load_records(sources, names, hf_cache, mask, advance)
-    return clean_records(records, cfg, eval_sets, scoring_model, progress)
+        converted = [convert_source(src, name, hf_cache, mask, advance) for src, name in zip(sources, names)]
+    result = clean_records(records_of(converted), cfg, eval_sets, scoring_model, progress)
+    result.sources = converted
+    return result
 
 
 def clean_fingerprint(cfg: CleanConfig, hf_cache: str | None = None) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from sftlab.config import CleanConfig, Config, EvalSetConfig, apply_overrides, build_dataclass, load_config
-from sftlab.data.clean.records import iter_source, open_source
 from sftlab.data.errors import DataError
 from sftlab.data.formats import FORMATS
 
@@ -63,14 +62,15 @@ def with_default_model(clean: CleanConfig, cfg: Config) -> CleanConfig:
     return clean
 
 
-def iter_output(cfg: Config, result, names: list[str], hf_cache: str | None = None):
-    """``("kept" | "removed", record)`` for every input record, in source and row order."""
+def iter_output(result):
+    """``("kept" | "removed", record)`` for every input record, in source and row order (from the sources
+    as the pass read and converted them: ``result.sources``)."""
     records = result.records
     index = {(s, r): i for i, (s, r) in enumerate(zip(records.sources, records.rows))}
     invalid = {(inv.source, inv.row): inv for inv in records.invalid}
-    for src, name in zip(cfg.data.sources, names):
-        loaded, fmt = open_source(src, name, hf_cache)
-        for row, origin, conv in iter_source(loaded, fmt, replace(src, name=name), cfg.data.mask):
+    for cs in result.sources:
+        loaded, name = cs.loaded, cs.src.name
+        for row, (origin, conv) in enumerate(zip(cs.origins, cs.conversations)):
             base = {"id": origin, "source": name}
             if isinstance(conv, DataError):
                 inv = invalid[(name, row)]
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     counts = {"kept": 0, "removed": 0}
     try:
         removed_f = open(out / ".removed.jsonl.tmp", "w", encoding="utf-8")
-        for kind, record in iter_output(cfg, result, names, hf_cache):
+        for kind, record in iter_output(result):
             (kept_f if kind == "kept" else removed_f).write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
             counts[kind] += 1
     finally:

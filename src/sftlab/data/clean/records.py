@@ -1,8 +1,8 @@
 """The records the cleaning operators see: per record its id, source, row, prompt text and response text.
 
-Built from the canonical conversations (formats.py), so every input format is cleaned the same way; kept
-column-wise as plain strings, not as ``Conversation`` objects, so that a million short records fit in a
-few hundred MB. The views:
+Built from the canonical conversations (formats.py), so every input format is cleaned the same way. Each
+source is read and converted once (``convert_source`` -> ``ConvertedSource``, whose conversations the data
+pipeline then encodes); the views are kept column-wise as plain strings. The views:
 
 - ``response``: the last assistant turn (its text and any tool calls as JSON);
 - ``prompt``: every non-system turn before it, one per line (system prompts are left out: the same system
@@ -129,6 +129,47 @@ def open_source(src: SourceConfig, name: str, hf_cache: str | None, on_error: st
     return loaded, fmt
 
 
+@dataclass
+class ConvertedSource:
+    """One source read once, each row converted once: the data pipeline cleans these conversations and then
+    encodes them without reading or converting the source again."""
+
+    src: SourceConfig  # with its unique name
+    loaded: LoadedSource
+    fmt: str
+    conversations: list = field(default_factory=list)  # per row: a validated Conversation, or its DataError
+    origins: list[str] = field(default_factory=list)  # per row: where it came from ("file.jsonl:12")
+
+
+def convert_source(src: SourceConfig, name: str, hf_cache: str | None = None, mask: str = "auto",
+                   progress=None) -> ConvertedSource:  # fmt: skip
+    """Every row of one source as a conversation (or the error that stopped it); see ``open_source``."""
+    loaded, fmt = open_source(src, name, hf_cache)
+    converted = ConvertedSource(replace(src, name=name), loaded, fmt)
+    for _, origin, conv in iter_source(loaded, fmt, converted.src, mask):
+        converted.origins.append(origin)
+        converted.conversations.append(conv)
+        if progress is not None and len(converted.origins) % READ_BATCH == 0:
+            progress(READ_BATCH)
+    if progress is not None:
+        progress(len(converted.origins) % READ_BATCH)
+    return converted
+
+
+def records_of(converted: list[ConvertedSource]) -> Records:
+    """The cleaning views of converted sources (in order), their invalid records listed with the reason."""
+    records = Records()
+    for cs in converted:
+        name = cs.src.name
+        for row, (origin, conv) in enumerate(zip(cs.origins, cs.conversations)):
+            if isinstance(conv, DataError):
+                records.invalid.append(InvalidRecord(name, row, origin, conv.reason, str(conv)))
+            else:
+                records.add(origin, name, row, *conversation_views(conv))
+        records.source_names.append(name)
+    return records
+
+
 def load_records(
     sources: tuple[SourceConfig, ...],
     names: list[str],
@@ -137,20 +178,4 @@ def load_records(
     progress=None,
 ) -> Records:
     """Records of every source (in order), their invalid records listed with the reason."""
-    records = Records()
-    for src, name in zip(sources, names):
-        loaded, fmt = open_source(src, name, hf_cache)
-        src = replace(src, name=name)
-        n = 0
-        for row, origin, conv in iter_source(loaded, fmt, src, mask):
-            n += 1
-            if isinstance(conv, DataError):
-                records.invalid.append(InvalidRecord(name, row, origin, conv.reason, str(conv)))
-            else:
-                records.add(origin, name, row, *conversation_views(conv))
-            if progress is not None and n % READ_BATCH == 0:
-                progress(READ_BATCH)
-        if progress is not None:
-            progress(n % READ_BATCH)
-        records.source_names.append(name)
-    return records
+    return records_of([convert_source(src, name, hf_cache, mask, progress) for src, name in zip(sources, names)])

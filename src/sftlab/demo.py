@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sftlab import __version__
 from sftlab.config import load_config
+from sftlab.console import say, show
 
 BASE_TEXT = ("text/wikitext-2-valid.txt", "text/tinyshakespeare.txt")
 
@@ -83,11 +84,11 @@ def build_tiny_base(root: Path, cache: Path, rebuild: bool = False, quick: bool 
     final, stamp = base / "run" / "final", base / "recipe.json"
     key = _recipe_hash(root, quick)
     if not rebuild and final.is_dir() and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == key:
-        print(f"tiny base: cached at {final}")
+        say(f"tiny base: cached at {final}")
         return final
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    print("tiny base: training a 4,096-token BPE tokenizer on WikiText-2 valid + Tiny Shakespeare ...")
+    say("tiny base: training a 4,096-token BPE tokenizer on WikiText-2 valid + Tiny Shakespeare ...")
     tokenizer, corpus, n_records = write_text_corpus(root, base, vocab_size=4096)
     overrides = [
         f"model.tokenizer={tokenizer}",
@@ -99,7 +100,7 @@ def build_tiny_base(root: Path, cache: Path, rebuild: bool = False, quick: bool 
     if quick:
         overrides += ["train.max_steps=30", "data.sources.0.limit=600"]
     cfg = load_config(root / "examples" / "tiny_base.yaml", overrides)
-    print(f"tiny base: language-model training on {n_records:,} records (cached once built) ...")
+    say(f"tiny base: language-model training on {n_records:,} records (cached once built) ...")
     summary = run_training(cfg)
     stamp.write_text(json.dumps({"hash": key, "summary": {k: summary[k] for k in ("steps", "train_loss", "eval_loss")}}))
     return final
@@ -126,17 +127,14 @@ def run_demo(out_dir: str = "runs/demo", rebuild_base: bool = False, quick: bool
     untouched model); ``tiny``: the earlier demo on a 4M-parameter base built here from bundled text."""
     if tiny:
         return run_tiny_demo(out_dir, rebuild_base, quick)
-    from rich.console import Console
-
     from sftlab.model.fetch import fetch_model
     from sftlab.train.run import run_training
 
-    console = Console()
     t0 = time.perf_counter()
     root = find_repo_root()
     cache = root / ".cache" / "sftlab"
     base = fetch_model(REAL_MODEL, cache=cache)
-    console.print(f"base model: {base} (SmolLM2-135M-Instruct, dequantised from its GGUF file)")
+    show(f"base model: {base} (SmolLM2-135M-Instruct, dequantised from its GGUF file)")
     out = Path(out_dir) / "smollm2_sst2"
     # the demo's run folder is its own: running the demo again replaces it
     overrides = [f"model.name_or_path={base}", f"output.dir={out}", "output.overwrite=true",
@@ -144,10 +142,10 @@ def run_demo(out_dir: str = "runs/demo", rebuild_base: bool = False, quick: bool
     overrides += [f"{key}={root / rel}" for key, rel in REAL_PATHS.items()]
     overrides += [f"{key}={value}" for key, value in (QUICK_LIMITS if quick else REAL_LIMITS).items()]
     cfg = load_config(root / REAL_CONFIG, overrides)
-    console.print(f"fine-tuning SmolLM2-135M-Instruct with LoRA on SST-2 as a chat task "
-                  f"({'quick' if quick else 'full'} demo), then scoring it against the untouched model ...")
+    show(f"fine-tuning SmolLM2-135M-Instruct with LoRA on SST-2 as a chat task "
+         f"({'quick' if quick else 'full'} demo), then scoring it against the untouched model ...")
     summary = run_training(cfg)
-    console.print(
+    show(
         f"run directory: {out}  (adapter: {summary['final_dir']}, scorecard: {out / 'scorecard.json'})\n"
         f"talk to it: sftlab chat --model {summary['final_dir']}\n"
         f"demo finished in {time.perf_counter() - t0:.0f} s"
@@ -156,11 +154,8 @@ def run_demo(out_dir: str = "runs/demo", rebuild_base: bool = False, quick: bool
 
 
 def run_tiny_demo(out_dir: str = "runs/demo", rebuild_base: bool = False, quick: bool = False) -> int:
-    from rich.console import Console
-
     from sftlab.train.run import run_training
 
-    console = Console()
     t0 = time.perf_counter()
     root = find_repo_root()
     cache = root / ".cache" / "sftlab"
@@ -177,9 +172,9 @@ def run_tiny_demo(out_dir: str = "runs/demo", rebuild_base: bool = False, quick:
         overrides += ["train.max_steps=20", "data.sources.0.limit=640", "eval.tasks.0.limit=64",
                       "eval.tasks.1.max_tokens=4096", "eval.bootstrap_samples=200"]
     cfg = load_config(root / "examples" / "sst2.yaml", overrides)
-    console.print(f"fine-tuning the tiny base on SST-2 ({'quick' if quick else 'full'} demo) ...")
+    show(f"fine-tuning the tiny base on SST-2 ({'quick' if quick else 'full'} demo) ...")
     summary = run_training(cfg)
-    console.print(
+    show(
         f"run directory: {out}  (final model: {summary['final_dir']}, scorecard: {out / 'scorecard.json'})\n"
         f"demo finished in {time.perf_counter() - t0:.0f} s"
     )

@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from sftlab.config import ConfigError
+from sftlab.console import console, say
 from sftlab.model.load import load_for_inference as load_model_for_inference
 from sftlab.model.load import resolve_model_dir  # noqa: F401 (sftlab chat)
 
@@ -79,7 +79,7 @@ def generate_batch(
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     from rich.progress import Progress
 
-    with Progress(transient=True, disable=not progress, console=_stderr_console()) as bar:
+    with Progress(transient=True, disable=not progress, console=console(stderr=True)) as bar:
         task = bar.add_task("generating", total=len(prompts))
         for batch in batches:
             ids, mask = pad_left([prompts[i] for i in batch], pad_id_of(tokenizer))
@@ -108,12 +108,6 @@ def generate_text(
         model, tokenizer, [prompt_ids], max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
     )[0]
     return tokenizer.decode(new, skip_special_tokens=True)
-
-
-def _stderr_console():
-    from rich.console import Console
-
-    return Console(stderr=True)
 
 
 def read_prompts(path: str | Path) -> list[dict]:
@@ -172,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     if records is None:
         ids = build_prompt_ids(tok, args.prompt, system=args.system, chat=not args.raw)
-        print(generate_text(model, tok, ids, **kw))
+        say(generate_text(model, tok, ids, **kw))
         return 0
     t0 = time.perf_counter()
     prompts = [
@@ -193,10 +187,10 @@ def run(args: argparse.Namespace) -> int:
         tmp.write_text("".join(rows), encoding="utf-8")
         os.replace(tmp, out)
     else:
-        sys.stdout.writelines(rows)
-    print(
+        say("".join(rows), end="")
+    say(
         f"generated {len(rows)} completions ({sum(map(len, new)):,} new tokens) in "
         f"{time.perf_counter() - t0:.1f} s -> {args.out or 'standard output'}",
-        file=sys.stderr,
+        stderr=True,
     )
     return 0

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.config import Config, ConfigError, build_dataclass, load_config, read_yaml_mapping
+from sftlab.console import say
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,9 @@ def run_sweep(
         cfg = configs[r.name]
         start = time.perf_counter()
         if reuse and _reusable(cfg):
-            print(f"[sweep] {i + 1}/{len(runs)} {r.name}: reusing {cfg.output.dir}")
+            say(f"[sweep] {i + 1}/{len(runs)} {r.name}: reusing {cfg.output.dir}")
         else:
-            print(f"[sweep] {i + 1}/{len(runs)} {r.name}: training -> {cfg.output.dir}")
+            say(f"[sweep] {i + 1}/{len(runs)} {r.name}: training -> {cfg.output.dir}")
             run_training(cfg, progress=progress)
         timings[r.name] = round(time.perf_counter() - start, 1)
         card = json.loads((Path(cfg.output.dir) / "scorecard.json").read_text(encoding="utf-8"))
@@ -164,7 +165,7 @@ def run_sweep(
     for item in sweep.interpolate:
         cfg = configs[item.run]
         start = time.perf_counter()
-        print(f"[sweep] interpolating {item.run} with its base at alpha {', '.join(map(str, item.alphas))}")
+        say(f"[sweep] interpolating {item.run} with its base at alpha {', '.join(map(str, item.alphas))}")
         points += run_interpolation(
             cfg.model.name_or_path, Path(cfg.output.dir) / "final", list(item.alphas), cfg.eval,
             Path(sweep.out) / f"{folder_name(item.run)}_interpolation", label=item.run, progress=progress,
@@ -175,7 +176,7 @@ def run_sweep(
     summary["seconds"] = timings
     summary["total_seconds"] = round(time.perf_counter() - t0, 1)
     (Path(sweep.out) / "tradeoff.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    print((Path(sweep.out) / "tradeoff.md").read_text(encoding="utf-8"))
-    print(f"sweep: {len(runs)} runs, {len(points)} points in {summary['total_seconds']:.0f} s -> "
-                  f"{', '.join(summary['files'])}")  # fmt: skip
+    say((Path(sweep.out) / "tradeoff.md").read_text(encoding="utf-8"))
+    say(f"sweep: {len(runs)} runs, {len(points)} points in {summary['total_seconds']:.0f} s -> "
+        f"{', '.join(summary['files'])}")  # fmt: skip
     return summary

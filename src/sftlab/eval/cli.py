@@ -31,9 +31,8 @@ def load_model_and_tokenizer(path: str, dtype: str = "float32", attn_implementat
 
 def run(args: argparse.Namespace) -> int:
     """Score the model (and the base) on the config's ``eval.tasks``, write the scorecard, print the table."""
-    from rich.console import Console
-
     from sftlab.config import load_config
+    from sftlab.console import show
     from sftlab.eval.scorecard import evaluate_for_config, format_scorecard, write_scorecard
 
     cfg = load_config(args.config, args.set or [])
@@ -48,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
     card = evaluate_for_config(cfg.eval, model, tokenizer, base_model=base, base_tokenizer=base_tok)
     card["model"], card["base"] = args.model, args.base
     path = write_scorecard(card, args.out)
-    console = Console()
-    console.print(format_scorecard(card))
-    console.print(f"scorecard -> {path}")
+    show(format_scorecard(card))
+    show(f"scorecard -> {path}")
     return 0

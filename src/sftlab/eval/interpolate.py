@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from sftlab.config import ConfigError, EvalConfig
+from sftlab.console import say
 
 
 def load_tuned(tuned_dir: str | Path, base_model, dtype: str = "float32"):
@@ -122,7 +123,7 @@ def run_interpolation(
                         source_stamp=stamp)  # fmt: skip
             write_scorecard(card, d / "scorecard.json")
         elif progress:
-            print(f"interpolate: reusing {d / 'scorecard.json'}")
+            say(f"interpolate: reusing {d / 'scorecard.json'}")
         if save_models:
             work.save_pretrained(d / "model")
             tok.save_pretrained(d / "model")

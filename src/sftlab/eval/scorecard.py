@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from sftlab.config import TaskConfig
+from sftlab.console import show
 from sftlab.eval.base_cache import BaseCache
 from sftlab.eval.harness import evaluate_harness_task
 from sftlab.eval.items import hash_file
@@ -39,9 +40,7 @@ VERDICTS = ("better", "worse", "no significant change")
 
 def _log(progress: bool, message: str) -> None:
     if progress:
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[eval] {message}", highlight=False, markup=False)
+        show(f"[eval] {message}", stderr=True, highlight=False, markup=False)
 
 
 def evaluate_task(

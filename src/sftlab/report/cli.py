@@ -17,8 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sftlab.console import say
     from sftlab.report.html import write_report
 
     out = write_report(args.runs, args.out)
-    print(f"report of {len(args.runs)} run{'s' if len(args.runs) > 1 else ''} -> {out}")
+    say(f"report of {len(args.runs)} run{'s' if len(args.runs) > 1 else ''} -> {out}")
     return 0

@@ -83,24 +83,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from sftlab.console import console, say, show
 
     root = Path(args.dir)
     rows = [run_row(load_run(p), root) for p in find_runs(root)]
     if args.json:
         for r in rows:
-            print(json.dumps(r))
+            say(json.dumps(r))
         return 0
-    console = Console()
     if not rows:
-        console.print(f"no run directories under {root} (a run directory holds config.yaml and metrics.jsonl)")
+        show(f"no run directories under {root} (a run directory holds config.yaml and metrics.jsonl)")
         return 0
-    wide = console.width >= 150  # a headline column fits; else one line per run below the table
-    console.print(runs_table(rows, root, headline_column=wide))
+    wide = console().width >= 150  # a headline column fits; else one line per run below the table
+    show(runs_table(rows, root, headline_column=wide))
     if not wide:
         for r in rows:
             if r["scorecard"]:
-                console.print(f"{r['run']}: {headline_text(r)}", highlight=False)
+                show(f"{r['run']}: {headline_text(r)}", highlight=False)
     done = sum(r["status"] == "done" for r in rows)
-    console.print(f"{len(rows)} run{'s' if len(rows) != 1 else ''}: {done} done, {len(rows) - done} not finished")
+    show(f"{len(rows)} run{'s' if len(rows) != 1 else ''}: {done} done, {len(rows) - done} not finished")
     return 0

@@ -15,13 +15,13 @@ import importlib.util
 import json
 import math
 import os
-import sys
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from sftlab.config import Config, ConfigError, to_dict
+from sftlab.console import warn
 
 # tracker -> (module that must be importable, pip extra of sftlab)
 TRACKERS = {
@@ -202,10 +202,9 @@ class MetricsFollower(threading.Thread):
                 try:
                     self.trackers[name].log(scalars(record), step)
                 except Exception as e:  # noqa: BLE001 - a tracker must not stop training
-                    print(
-                        f"warning: tracker {name} failed at step {step} and is turned off ({e}); "
-                        "metrics.jsonl has every value",
-                        file=sys.stderr,
+                    warn(
+                        f"tracker {name} failed at step {step} and is turned off ({e}); metrics.jsonl has every value",
+                        stderr=True,
                     )
                     self.trackers.pop(name)
 
@@ -214,7 +213,7 @@ class MetricsFollower(threading.Thread):
             try:
                 tracker.close()
             except Exception as e:  # noqa: BLE001
-                print(f"warning: tracker {name} did not close cleanly ({e})", file=sys.stderr)
+                warn(f"tracker {name} did not close cleanly ({e})", stderr=True)
 
     def stop(self) -> None:
         self.done.set()

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sftlab.console import warn
 from sftlab.files import sha256_file
 from sftlab.train.zero import DS_CHECKPOINT_TAG
 
@@ -136,7 +137,7 @@ def find_latest_valid(root: Path) -> Path | None:
         if is_valid(c):
             return c
         log.warning("ignoring checkpoint %s: manifest missing or checksum mismatch (half-written?)", c)
-        print(f"warning: ignoring invalid checkpoint {c} (manifest missing or checksum mismatch)")
+        warn(f"ignoring invalid checkpoint {c} (manifest missing or checksum mismatch)")
     return None
 
 
@@ -269,8 +270,8 @@ def load_distributed_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     rng_rank = rank if (ckpt / f"rng-rank{rank}.json").is_file() else 0
     if rng_rank != rank or state.get("world", world) != world:
-        print(
-            f"warning: {ckpt} was written by {state.get('world')} processes, resumed by {world}: "
+        warn(
+            f"{ckpt} was written by {state.get('world')} processes, resumed by {world}: "
             "weights and optimizer are exact, random streams (dropout) are not"
         )
     set_rng_state(

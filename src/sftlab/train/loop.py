@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from sftlab.config import Config, TrainConfig
+from sftlab.console import say, warn
 from sftlab.data.types import count_trained
 from sftlab.model.load import pad_id_of
 from sftlab.train.attention import SEGMENT_ATTENTION, register_segment_attention
@@ -188,7 +189,7 @@ def resume(backend: Backend, scheduler, result: RunResult, t: TrainConfig, ckpt_
     if backend.accelerator.is_main_process:
         restore_metrics(out / "metrics.jsonl", state["step"])
     if t.progress:
-        print(f"resumed from {ckpt} at step {state['step']}")
+        say(f"resumed from {ckpt} at step {state['step']}")
     return state["step"]
 
 
@@ -235,9 +236,8 @@ def count_skip(backend: Backend, result: RunResult, t: TrainConfig, dataset, pla
     result.skipped_steps += 1
     rows = dataset[plan_indices(plan, [u for m in micro_batches for u in m])]
     sources = sorted({str(x) for x in rows.get("source", [])})
-    if backend.accelerator.is_main_process:  # all processes agree on the skip; one says so
-        print(f"warning: step {step + 1}: non-finite loss or gradient norm; update skipped "
-              f"({result.skipped_steps}/{t.max_skipped_steps}; sources {sources})")  # fmt: skip
+    warn(f"step {step + 1}: non-finite loss or gradient norm; update skipped "  # every process skips, one says so
+         f"({result.skipped_steps}/{t.max_skipped_steps}; sources {sources})")  # fmt: skip
     if result.skipped_steps >= t.max_skipped_steps:
         backend.zero_grad()
         raise TrainingStopped(
@@ -287,7 +287,7 @@ def train(
     result.startup_s = start - entered  # plan, optimizer, resume: the wait before the first step
     tokens_since_log = 0
 
-    with progress_bar(t.progress and accelerator.is_main_process) as bar, GracefulStop() as stop:
+    with progress_bar(t.progress) as bar, GracefulStop() as stop:
         task = bar.add_task("", total=total_steps, completed=start_step)
         for step in range(start_step, total_steps):
             epoch, micro_batches = next(windows)

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from sftlab.config import Config, ConfigError, save_config, to_dict
+from sftlab.console import is_main_process, say
 from sftlab.files import pid_alive
 from sftlab.train.checkpoint import MANIFEST  # a checkpoint folder holding it is sealed (complete)
 
@@ -47,10 +48,6 @@ NOT_COMPARED = ("train.resume", "train.progress", "train.report_to", "train.run_
                 "eval.batch_size", "eval.bootstrap_samples", "eval.compare_base", "eval.keep_items", "eval.precision",
                 "data.cache_dir", "data.num_proc", "data.skipped_file", "data.on_error", "data.warn_removed_share",
                 "model.gradient_checkpointing", "model.attn_implementation", "lora.merge_on_save")
-
-
-def is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 def sealed_checkpoints(out: Path) -> list[str]:
@@ -131,7 +128,7 @@ def output_lock(out: Path):
                               f"since {since}). Wait for it to end, or pick another output.dir") from None
         pid = before.get("pid")
         if isinstance(pid, int) and before.get("host") == socket.gethostname() and not pid_alive(pid):
-            print(f"note: the run that held {path} (pid {pid}) ended without finishing; taking the folder over")
+            say(f"note: the run that held {path} (pid {pid}) ended without finishing; taking the folder over")
         me = {"pid": os.getpid(), "host": socket.gethostname(), "time": round(time.time(), 3)}
         os.ftruncate(fd, 0)
         os.write(fd, (json.dumps(me) + "\n").encode())
@@ -210,7 +207,7 @@ def check_resume_config(cfg: Config, out: Path) -> None:
     if not is_main_process():
         return
     for k, (a, b) in changes.items():
-        print(f"note: resuming with {k} changed: {a!r} -> {b!r} (config.yaml keeps the original; "
+        say(f"note: resuming with {k} changed: {a!r} -> {b!r} (config.yaml keeps the original; "
               f"recorded in {CHANGES})")
     with open(out / CHANGES, "a", encoding="utf-8") as f:
         f.write(json.dumps({"time": round(time.time(), 3), "changes": {k: list(v) for k, v in changes.items()}},
@@ -241,7 +238,7 @@ def start_run(cfg: Config, out: Path) -> None:
         if cfg.output.overwrite:
             removed = clear_previous_run(out, PREVIOUS)
             if removed:
-                print(f"output.overwrite: removed the previous run's {', '.join(removed)} from {out}")
+                say(f"output.overwrite: removed the previous run's {', '.join(removed)} from {out}")
         else:
             clear_previous_run(out, STALE)
     if not resumes(cfg, out) or not (out / CONFIG).is_file():

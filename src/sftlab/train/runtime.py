@@ -8,6 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
+from sftlab.console import is_main_process, say
 from sftlab.train.checkpoint import is_valid
 
 
@@ -27,6 +28,7 @@ class MetricsWriter:
 
 
 def progress_bar(enabled: bool):
+    """The training progress bar; shown only when ``enabled`` and on the main process."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -44,7 +46,7 @@ def progress_bar(enabled: bool):
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
-        disable=not enabled,
+        disable=not (enabled and is_main_process()),
     )
 
 
@@ -80,7 +82,7 @@ class GracefulStop:
     def _handle(self, signum, frame):
         self.signal_name = signal.Signals(signum).name
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl+C interrupts at once
-        print(f"\n{self.signal_name}: finishing this step, then saving a checkpoint (Ctrl+C again to quit now)")
+        say(f"\n{self.signal_name}: finishing this step, then saving a checkpoint (Ctrl+C again to quit now)")
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from sftlab.config import ConfigError, TrainConfig
+from sftlab.console import say
 
 DS_CHECKPOINT_TAG = "deepspeed"  # the folder engine.save_checkpoint writes inside a checkpoint
 # keys of a user's DeepSpeed config that sftlab sets from its own config (the loop owns these)
@@ -52,7 +53,7 @@ def wants_deepspeed(t: TrainConfig) -> bool:
     from_launcher = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
     if int(os.environ.get("WORLD_SIZE", "1")) < 2:
         if from_launcher:
-            print("note: one process: the accelerate DeepSpeed config is not used (nothing to shard)")
+            say("note: one process: the accelerate DeepSpeed config is not used (nothing to shard)")
             os.environ.pop("ACCELERATE_USE_DEEPSPEED")  # or accelerate would build an engine for one process
         return False
     if from_launcher and t.distributed in ("ddp", "fsdp2"):

@@ -44,10 +44,15 @@ def error(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def console(stderr: bool = False):
+def console(stderr: bool = False, **options: Any):
     """The shared rich ``Console`` of stdout (or stderr), made again when that stream was replaced (a test's
-    capture); on a process that is not the main one, a quiet console that prints nothing."""
+    capture); on a process that is not the main one, a quiet console that prints nothing. ``options`` (width,
+    highlight, ...): a console of its own with those settings, for one command's output."""
     stream, quiet = (sys.stderr if stderr else sys.stdout), not is_main_process()
+    if options:
+        from rich.console import Console
+
+        return Console(stderr=stderr, quiet=quiet, **options)
     cached = _consoles.get((stderr, quiet))
     if cached is None or cached[0] is not stream:
         from rich.console import Console

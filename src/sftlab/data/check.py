@@ -26,6 +26,7 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sftlab.console import console, say
 from sftlab.data.errors import DataError
 from sftlab.data.render import RenderSpec, build_render_spec, encode_rendered, render_text
 from sftlab.data.types import Conversation, Message
@@ -343,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
             raise
         name = "chatml"  # no template of its own: check what the error would tell a user to set
         template = resolve_chat_template(name, tokenizer)
-        print(f"note: {path} has no chat template; checking the built-in chatml (--template to choose)")
+        say(f"note: {path} has no chat template; checking the built-in chatml (--template to choose)")
     kwargs = parse_kwargs(args.chat_template_kwargs)
     spec = build_render_spec(
         tokenizer, template, "auto", None, chat_template_kwargs=kwargs, reasoning=args.reasoning,
@@ -357,7 +358,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_table(rows: list[Row], title: str) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -367,11 +367,11 @@ def print_table(rows: list[Row], title: str) -> None:
         table.add_column(column)
     for r in rows:
         table.add_row(escape(r.name), *[escape(_short(c)) for c in r.cells()])
-    console = Console(width=max(150, Console().width), highlight=False)
-    console.print(table)
+    out = console(width=max(150, console().width), highlight=False)
+    out.print(table)
     for r in rows:
         for note in r.notes:
-            console.print(f"{r.name}: {note}", markup=False, soft_wrap=True)
+            out.print(f"{r.name}: {note}", markup=False, soft_wrap=True)
 
 
 def _short(cell: str) -> str:

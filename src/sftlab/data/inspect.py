@@ -15,6 +15,7 @@ import json
 import sys
 
 from sftlab.config import DataConfig, SourceConfig
+from sftlab.console import console, say
 from sftlab.data.errors import DataError
 from sftlab.data.formats import FORMATS
 from sftlab.data.masks import MASK_POLICIES
@@ -195,7 +196,7 @@ def run(args) -> int:
                 "num_trained": row["num_trained"],
             }
             sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
-        print(report.format(), file=sys.stderr)
+        say(report.format(), stderr=True)
         return 0 if report.records_kept else 1
     color = sys.stdout.isatty() and not args.no_color
     shown = dataset.select(range(min(args.show, len(dataset))))
@@ -203,31 +204,30 @@ def run(args) -> int:
         _print_color(tokenizer, shown, report)
     else:
         for row in shown:
-            print(f"--- {row['origin']} ({row['length']} tokens, {row['num_trained']} trained)")
-            print(
+            say(f"--- {row['origin']} ({row['length']} tokens, {row['num_trained']} trained)")
+            say(
                 "".join(
                     f"[[{t}]]" if trained else t
                     for trained, t in segments(tokenizer, row["input_ids"], row["labels"])
                 )
             )
-        print("--- summary")
-        print(report.format())
+        say("--- summary")
+        say(report.format())
     return 0 if report.records_kept else 1
 
 
 def _print_color(tokenizer, rows, report) -> None:
-    from rich.console import Console
     from rich.text import Text
 
-    console = Console(highlight=False)
-    console.print("[bold green]trained[/] · [magenta]reasoning[/] · [cyan]tool calls and results[/] (bold: trained) · [dim]not trained[/]")
+    out = console(highlight=False)
+    out.print("[bold green]trained[/] · [magenta]reasoning[/] · [cyan]tool calls and results[/] (bold: trained) · [dim]not trained[/]")
     for row in rows:
-        console.rule(f"{row['origin']} · {row['length']} tokens, {row['num_trained']} trained", style="dim")
+        out.rule(f"{row['origin']} · {row['length']} tokens, {row['num_trained']} trained", style="dim")
         text = Text()
         for trained, piece, kind in segments(tokenizer, row["input_ids"], row["labels"], token_kinds(row)):
             colour = {"reasoning": "magenta", "tool": "cyan"}.get(kind, "green")
             text.append(piece, style=f"bold {colour}" if trained else (colour if kind else "dim"))
-        console.print(text)
-    console.rule("summary", style="dim")
-    console.print(report.summary_table())
-    console.print(report.format())
+        out.print(text)
+    out.rule("summary", style="dim")
+    out.print(report.summary_table())
+    out.print(report.format())

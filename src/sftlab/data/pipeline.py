@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 import uuid
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sftlab.config import DataConfig, SourceConfig
+from sftlab.console import say, warn
 from sftlab.data import cache
 from sftlab.data.encode import (
     BATCH_SIZE,
@@ -62,9 +62,9 @@ def build_dataset(
     with _progress_bars(progress):
         dataset, report = _build(data_cfg, tokenizer, sources, skipped_path, allow_empty, segments)
     for line in removal_warnings(report, data_cfg.warn_removed_share, skipped_path):
-        print(f"warning: {line}" if not line.startswith(" ") else line, file=sys.stderr)
+        say(f"warning: {line}" if not line.startswith(" ") else line, stderr=True)
     if report.prompt_warning and progress:  # data inspect shows it in its summary
-        print(f"warning: {report.prompt_warning}", file=sys.stderr)
+        warn(report.prompt_warning, stderr=True)
     # ---- mixing: after every source is built, as the last step (sampling needs no tokenising, so it runs
     # after the cache and a change of weights re-tokenises nothing)
     if mix:

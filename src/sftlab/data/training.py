@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.config import Config, ConfigError
+from sftlab.console import say
 
 
 @dataclass
@@ -84,7 +85,7 @@ def _mix_run(cfg: Config, train, report, progress: bool):
 
     train, report.mixture = mix_sources(train, cfg.data.sources, cfg.data.mixture)
     if progress and len(cfg.data.sources) > 1:
-        print(format_mixture(report.mixture))
+        say(format_mixture(report.mixture))
     return train
 
 
@@ -100,7 +101,7 @@ def _mix_stages(cfg: Config, stages: list, train) -> dict[str, dict]:
         reports[st.name] = st.mixture_report
     if cfg.train.progress:
         for st in stages:
-            print(f"stage {st.index + 1} {st.name}: {format_mixture(st.mixture_report)}")
+            say(f"stage {st.index + 1} {st.name}: {format_mixture(st.mixture_report)}")
     return reports
 
 

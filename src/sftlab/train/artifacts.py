@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from sftlab.config import Config
+from sftlab.console import warn
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,6 @@ def write_report_or_warn(out: Path) -> Path | None:
     try:
         return write_report([out])
     except Exception as e:  # noqa: BLE001 - a report must never fail a finished run
-        print(f"warning: report.html not written ({type(e).__name__}: {e}); try again with: sftlab report {out}")
+        warn(f"report.html not written ({type(e).__name__}: {e}); try again with: sftlab report {out}")
         log.debug("report failed", exc_info=True)
         return None

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from sftlab.config import Config, ConfigError, to_dict
+from sftlab.console import say, show, warn
 from sftlab.train.runtime import WRITE_ERRORS, TrainingStopped, write_problem
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def save_run_model(cfg: Config, accelerator, backend, model, tokenizer, out: Pat
         write_status(out, "stopped")
         raise
     if cfg.lora.enabled and cfg.lora.merge_on_save and backend.sharded:
-        print(f"warning: lora.merge_on_save is skipped under {backend.name}; run: sftlab merge --adapter {final_dir}")
+        warn(f"lora.merge_on_save is skipped under {backend.name}; run: sftlab merge --adapter {final_dir}")
     elif cfg.lora.enabled and cfg.lora.merge_on_save:
         save_final(model.merge_and_unload(), tokenizer, out / "merged")
     return final_dir
@@ -159,8 +160,6 @@ def build_summary(cfg: Config, result, report, out: Path, summary_card, final_di
 
 
 def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
-    from rich.console import Console
-
     from sftlab.data import build
     from sftlab.data.pipeline import unique_names
     from sftlab.model.load import count_parameters, quantization_config_4bit
@@ -193,7 +192,7 @@ def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
 
     # stages are planned before any data work: bad stage settings fail first
     stages = plan_stages(cfg, unique_names(cfg.data.sources), out) if is_staged(cfg) else None
-    data = build(cfg, tokenizer, out=out, stages=stages, progress=progress)
+    data = build(cfg, tokenizer, out=out, stages=stages, progress=progress and main)  # bars on one process
     if main:
         write_data_report(data, out)
     train_ds, eval_ds, report = data.train, data.eval, data.report
@@ -202,7 +201,7 @@ def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
     rows = trainable_table(model)
     (out / "trainable_parameters.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
     if progress:
-        Console().print(format_trainable_table(rows))
+        show(format_trainable_table(rows))
     trainable, total = count_parameters(model)
     samples = Samples(cfg, tokenizer, eval_ds, enabled=can_generate_on_main(accelerator) and not sharded)
     samples.before(model, accelerator.device)  # generations on held-out prompts, for the report
@@ -223,7 +222,7 @@ def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
     final_dir = save_run_model(cfg, accelerator, backend, model, tokenizer, out, result)
     samples.after(accelerator.unwrap_model(model), out)  # does nothing off the main process
     if cfg.eval.tasks and sharded and main:
-        print(f"note: eval.tasks are not scored inside a {backend.name} run; run: sftlab eval --model {final_dir}")
+        say(f"note: eval.tasks are not scored inside a {backend.name} run; run: sftlab eval --model {final_dir}")
     if cfg.eval.tasks and accelerator.is_main_process and not sharded:
         summary_card = write_run_scorecard(cfg, accelerator.unwrap_model(model), tokenizer, out, progress)
     else:
@@ -237,7 +236,7 @@ def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
         write_status(out, "done")
         report_path = write_report_or_warn(out) if cfg.output.report else None
         if report_path and progress:
-            Console().print(f"report -> {report_path}")
+            show(f"report -> {report_path}")
     if accelerator.num_processes > 1:
         accelerator.wait_for_everyone()
         accelerator.state.destroy_process_group()  # shut gloo / nccl down before interpreter exit
@@ -246,8 +245,6 @@ def _run_training(cfg: Config, out: Path, progress: bool | None) -> dict:
 
 def write_run_scorecard(cfg: Config, model, tokenizer, out: Path, progress: bool) -> str:
     """Score the trained model (and the base, unless trained from scratch) on ``eval.tasks``."""
-    from rich.console import Console
-
     from sftlab.eval.scorecard import evaluate_for_config, format_scorecard, write_scorecard
     from sftlab.model.load import load_model, load_tokenizer
 
@@ -263,5 +260,5 @@ def write_run_scorecard(cfg: Config, model, tokenizer, out: Path, progress: bool
     path = out / "scorecard.json"
     write_scorecard(card, path)
     if progress:
-        Console().print(format_scorecard(card, headline_only=True))
+        show(format_scorecard(card, headline_only=True))
     return str(path)

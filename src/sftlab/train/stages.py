@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sftlab.config import Config, ConfigError, DmtConfig, MixtureConfig, SelectConfig, StageConfig, StageSourceConfig
+from sftlab.console import say
 from sftlab.data.mixing import MixSpec
 
 
@@ -249,8 +250,8 @@ def run_stages(
                 (sdir / "metrics.jsonl").unlink(missing_ok=True)  # lines of an attempt that left no checkpoint
             set_trainable(model, st.select, cfg.lora.enabled)
             trainable, _ = count_parameters(model)
-            if st.cfg.train.progress and accelerator.is_main_process:
-                print(
+            if st.cfg.train.progress:
+                say(
                     f"stage {st.index + 1}/{len(stages)} {st.name}: {len(st.dataset):,} records, "
                     f"{trainable:,} trainable parameters"
                 )

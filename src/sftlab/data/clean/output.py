@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sftlab.config import CleanConfig, Config, EvalSetConfig, apply_overrides, build_dataclass, load_config
+from sftlab.console import console, say
 from sftlab.data.errors import DataError
 from sftlab.data.formats import FORMATS
 
@@ -121,8 +122,6 @@ def _tokenizer_for(args, cfg: Config):
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from sftlab.data.clean.apply import clean_sources
     from sftlab.data.pipeline import unique_names
 
@@ -158,11 +157,9 @@ def run(args: argparse.Namespace) -> int:
     tmp = out / ".report.json.tmp"
     tmp.write_text(json.dumps(report.to_dict(), indent=2, default=str), encoding="utf-8")
     os.replace(tmp, out / "report.json")
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)
-    console.print(report.table())
+    out_console = console() if console().is_terminal else console(width=160)
+    out_console.print(report.table())
     for line in report.details():
-        console.print(line, highlight=False, markup=False)
-    print(f"{report.summary_line()} -> {out}/kept.jsonl, removed.jsonl, report.json")
+        out_console.print(line, highlight=False, markup=False)
+    say(f"{report.summary_line()} -> {out}/kept.jsonl, removed.jsonl, report.json")
     return 0

@@ -248,6 +248,21 @@ def count_skip(backend: Backend, result: RunResult, t: TrainConfig, dataset, pla
         )
 
 
+def step_evals(backend: Backend, lm, tokenizer, cfg: Config, eval_dataset, step: int, is_last: bool,
+               pad_id: int) -> tuple[float | None, dict[str, float]]:  # fmt: skip
+    """The evaluations due after ``step``: ``(eval loss or None, in-training task scores)``. The eval loss runs
+    every ``train.eval_every_steps`` and after the last step; task scores every ``eval.every_steps`` (the final
+    scorecard comes after training, so not on the last step; not under sharded backends)."""
+    t, accelerator = cfg.train, backend.accelerator
+    eval_loss = None
+    if eval_dataset is not None and (is_last or (t.eval_every_steps and (step + 1) % t.eval_every_steps == 0)):
+        eval_loss = evaluate_loss(backend.model, eval_dataset, cfg, pad_id, accelerator)
+    every = cfg.eval.every_steps
+    if cfg.eval.tasks and every and (step + 1) % every == 0 and not is_last and not backend.sharded:
+        return eval_loss, evaluate_tasks_now(lm, tokenizer, cfg, accelerator)
+    return eval_loss, {}
+
+
 def train(
     cfg: Config,
     model,
@@ -298,9 +313,7 @@ def train(
                                              source_loss, faults, pad_id)  # fmt: skip
             if source_loss is not None:
                 source_loss.end_step(accelerator)
-            step_loss = local_loss
-            if accelerator.num_processes > 1:
-                step_loss = float(accelerator.reduce(torch.tensor(local_loss, device=accelerator.device), "sum"))
+            step_loss = backend.sum_over_processes(local_loss)
             applied, grad_norm = backend.step(finite, step_loss)
             if not applied:  # the update was skipped: count it, and name the data that caused it
                 count_skip(backend, result, t, train_dataset, plan, micro_batches, step, ckpt_root)
@@ -313,32 +326,17 @@ def train(
             result.grad_norms.append(grad_norm)
 
             is_last = step == total_steps - 1
-            eval_loss = None
-            if eval_dataset is not None and (is_last or (t.eval_every_steps and (step + 1) % t.eval_every_steps == 0)):
-                eval_loss = evaluate_loss(backend.model, eval_dataset, cfg, pad_id, accelerator)
+            eval_loss, task_scores = step_evals(backend, lm, tokenizer, cfg, eval_dataset, step, is_last, pad_id)
+            if eval_loss is not None:
                 result.eval_loss = eval_loss
-            task_scores = {}
-            every = cfg.eval.every_steps
-            if cfg.eval.tasks and every and (step + 1) % every == 0 and not is_last and not backend.sharded:
-                task_scores = evaluate_tasks_now(lm, tokenizer, cfg, accelerator)  # the final card comes after
             if metrics and ((step + 1) % t.log_every_steps == 0 or is_last or eval_loss is not None or task_scores):
                 now = time.perf_counter()
-                record = {
-                    "step": step + 1,
-                    "epoch": round(epoch + (step % per_epoch + 1) / per_epoch, 4),
-                    "loss": result.losses[-1],
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": grad_norm,
-                    "tokens": result.tokens,
-                    "trained_tokens": result.trained_tokens,
-                    "tokens_per_s": tokens_since_log / max(now - last_log_time, 1e-9),
-                    "elapsed_s": now - start,
-                }
-                if eval_loss is not None:
-                    record["eval_loss"] = eval_loss
-                if source_loss is not None:
-                    record.update(source_loss.flush())
-                record.update(task_scores)
+                record = {"step": step + 1, "epoch": round(epoch + (step % per_epoch + 1) / per_epoch, 4),
+                          "loss": result.losses[-1], "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                          "tokens": result.tokens, "trained_tokens": result.trained_tokens,
+                          "tokens_per_s": tokens_since_log / max(now - last_log_time, 1e-9), "elapsed_s": now - start,
+                          **({"eval_loss": eval_loss} if eval_loss is not None else {}),
+                          **(source_loss.flush() if source_loss is not None else {}), **task_scores}  # fmt: skip
                 metrics.write(record)
                 last_log_time, tokens_since_log = now, 0
             bar.update(task, advance=1, description=f"loss {step_loss:.4f} lr {scheduler.get_last_lr()[0]:.2e} "

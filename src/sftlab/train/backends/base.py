@@ -81,6 +81,12 @@ class Backend:
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         return bool(ok)
 
+    def sum_over_processes(self, value: float) -> float:
+        """``value`` summed over every process (the step's loss: each process holds its micro-batches' part)."""
+        if self.world == 1:
+            return value
+        return float(self.accelerator.reduce(torch.tensor(value, device=self.accelerator.device), "sum"))
+
     def clip_grad_norm(self) -> float:
         """Clip the gradient norm over all processes; returns the norm before clipping."""
         return float(self.accelerator.clip_grad_norm_(self.params, self.t.max_grad_norm or float("inf")))

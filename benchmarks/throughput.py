@@ -1,8 +1,9 @@
 """Benchmark: training throughput of sftlab vs TRL's SFTTrainer, same model, data, init, batch and schedule.
 
     python benchmarks/throughput.py [--quick] [--repeats 3] [--json OUT] [--cases short,long] [--dtypes bf16,fp32]
+    python benchmarks/throughput.py --model smollm2-135m [...]   # the real pretrained chat model
 
-Model: Llama shape (hidden 512, 8 layers, 8 heads / 4 kv heads, ffn 1408, tied embeddings, 27.8M parameters),
+Model (default, ``--model tiny``): Llama shape (hidden 512, 8 layers, 8 heads / 4 kv heads, ffn 1408, tied embeddings, 27.8M parameters),
 random weights saved once so both frameworks start from the same init; byte-level BPE vocab 8,192 trained on
 ``../shared/data/text``. Cases:
 
@@ -10,6 +11,14 @@ random weights saved once so both frameworks start from the same init; byte-leve
   (+ eos), loss on the completion only;
 - ``long``: alpaca_cherry_5_percent (first 300 rows) as one user / assistant chat through ChatML, loss on the
   assistant turn (its ``<|im_end|>`` included, the newline after it not).
+
+With ``--model smollm2-135m`` (``sftlab model fetch smollm2-135m-instruct``; or ``--model DIR``, a local Hugging
+Face folder) both train that model with its own tokenizer and chat template, lr 5e-5 (``--lr``), on 500 / 150 rows:
+``short`` = the SST-2 review as a user turn asking for a one-word answer, the label word as the assistant turn;
+``long`` = the alpaca rows as one user / assistant turn; loss on the assistant turn and its ``<|im_end|>`` for both
+(TRL: ``assistant_only_loss`` with the model's template carrying ``{% generation %}`` markers). Configurations
+ending in ``+lora`` train LoRA adapters (r 16, alpha 32, dropout 0.05, all linear layers) on both sides (TRL: its
+``peft_config``).
 
 Both train one epoch at max_len 512, micro-batch 8 (8 sequences, or 8 packed rows of <= 512 tokens), no
 accumulation, AdamW lr 5e-4 cosine to 0, clipping 1.0, no gradient checkpointing, in fp32 or bf16 autocast.
@@ -49,6 +58,12 @@ LABELS = {"0": "negative", "1": "positive"}
 SFTLAB_CONFIGS = ("padded", "packed", "packed_seg")
 TRL_CONFIGS = ("padded", "padded_grouped", "packed")
 TARGETS = {"short": 2.0, "long": 1.3}  # sftlab / TRL in bf16 (issue "Fast training")
+REAL_TARGETS = {"short": 3.0, "long": 3.0}  # on the real model (issue "Fast on a real model")
+LORA_TARGET = 2.0  # sftlab LoRA / TRL + peft LoRA
+REAL_MODELS = {"smollm2-135m": "smollm2-135m-instruct"}  # sftlab model fetch NAME
+REAL_PROMPT = "Is the sentiment of this movie review positive or negative? Answer with one word.\n\nReview: {sentence}"
+REAL_LABELS = {"0": "negative", "1": "positive"}
+LORA = dict(r=16, alpha=32.0, dropout=0.05)  # target: all linear layers
 LAST_STEPS = 10  # final loss = mean of the last N step losses (one step's loss is noisy on tiny batches)
 MARK = "THROUGHPUT_RESULT "
 # ChatML as the tokenizer renders it, with {% generation %} around what sftlab trains: the assistant content and
@@ -65,6 +80,29 @@ CHATML_GENERATION = (
 
 
 # ------------------------------------------------------------------------------------------------ setup
+
+
+def generation_template(template: str) -> str:
+    """The model's ChatML-style template with ``{% generation %}`` around each assistant turn's content and
+    ``<|im_end|>`` (what sftlab trains), so TRL's ``assistant_only_loss`` trains the same tokens."""
+    plain = "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    if plain not in template:
+        raise SystemExit("--model: only ChatML-style templates (SmolLM2's) get generation markers here")
+    marked = (
+        "{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}{% generation %}"
+        "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}{% else %}" + plain + "{% endif %}"
+    )
+    return template.replace(plain, marked)
+
+
+def real_model_dir(name: str) -> Path:
+    """The fetched model (``$SFTLAB_CACHE``, else ``.cache/sftlab``) or a local folder."""
+    from sftlab.model.fetch import cached_folder
+
+    path = cached_folder(REAL_MODELS[name]) if name in REAL_MODELS else Path(name)
+    if path is None or not (path / "config.json").is_file():
+        raise SystemExit(f"--model {name}: not fetched or not a model folder; run: sftlab model fetch smollm2-135m-instruct")
+    return path
 
 
 def prepare_assets(work: Path) -> tuple[Path, Path]:
@@ -171,7 +209,10 @@ def run_sftlab(spec: dict) -> dict:
     from sftlab.train.loop import train
 
     conf, _, extra = spec["config"].split("@")[0].partition("+")
+    lora = extra == "lora"
     overrides = [
+        f"lora.enabled={str(lora).lower()}", f"lora.r={LORA['r']}", f"lora.alpha={LORA['alpha']}",
+        f"lora.dropout={LORA['dropout']}",
         "train.progress=false",
         f"train.compile={str(extra == 'compile').lower()}",
         "train.epochs=1",
@@ -190,7 +231,14 @@ def run_sftlab(spec: dict) -> dict:
         "output.save_final=false",
     ]
     cfg = load_config(None, overrides)
-    if spec["case"] == "short":
+    if spec["real"]:  # the model's own chat template; loss on the assistant turn
+        if spec["case"] == "short":
+            source = SourceConfig(path=str(SST2), format="classification", prompt_template=REAL_PROMPT,
+                                  completion_template="{label}", label_map=REAL_LABELS, limit=spec["rows"])
+        else:
+            source = SourceConfig(path=str(ALPACA), format="alpaca", limit=spec["rows"])
+        data = replace(cfg.data, sources=(source,), mask="completion" if spec["case"] == "short" else "assistant")
+    elif spec["case"] == "short":
         source = SourceConfig(
             path=str(SST2), format="classification", prompt_template=PROMPT, label_map=LABELS, limit=spec["rows"]
         )
@@ -202,6 +250,13 @@ def run_sftlab(spec: dict) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
     dataset, _ = build_dataset(cfg.data, tokenizer, progress=False)
     model = load_model(spec)
+    if lora:
+        import torch
+
+        from sftlab.model.adapters import apply_lora
+
+        torch.manual_seed(cfg.train.seed)
+        model = apply_lora(model, cfg.lora)
     lengths = list(dataset["length"])
     trained = sum(sum(1 for x in labels[1:] if x != -100) for labels in dataset["labels"])
     with tempfile.TemporaryDirectory() as out:
@@ -215,8 +270,11 @@ def run_sftlab(spec: dict) -> dict:
         "trained_tokens": result.trained_tokens,
         "dataset_trained_tokens": trained,
         "sum_len_sq": sum(n * n for n in lengths),
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n),  # the base's
+        "layers": model.config.num_hidden_layers,
+        "hidden": model.config.hidden_size,
     }
+
 
 
 def n_tokens(tokenizer, messages: list[dict]) -> int:
@@ -230,9 +288,20 @@ def run_trl(spec: dict) -> dict:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    conf = spec["config"].split("@")[0]
+    conf, _, extra = spec["config"].split("@")[0].partition("+")
     tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
-    if spec["case"] == "short":
+    if spec["real"]:
+        if spec["case"] == "short":
+            pairs = [(REAL_PROMPT.format(sentence=r["sentence"]), REAL_LABELS[str(r["label"])])
+                     for r in read_rows(SST2, spec["rows"])]
+        else:
+            pairs = [("\n\n".join(p for p in (r["instruction"], r.get("input") or "") if p.strip()), r["output"])
+                     for r in read_rows(ALPACA, spec["rows"])]
+        rows = [{"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]} for u, a in pairs]
+        tokenizer.chat_template = generation_template(tokenizer.chat_template)
+        rows = [r for r in rows if n_tokens(tokenizer, r["messages"]) <= spec["max_len"]]
+        loss_kw = {"assistant_only_loss": True}
+    elif spec["case"] == "short":
         rows = [
             {"prompt": PROMPT.format(sentence=r["sentence"]), "completion": " " + LABELS[str(r["label"])]}
             for r in read_rows(SST2, spec["rows"])
@@ -277,7 +346,14 @@ def run_trl(spec: dict) -> dict:
         seed=42,
         **loss_kw,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    peft_config = None
+    if extra == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                                 target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=peft_config)
     losses, tokens, trained = [], [0], [0]
     step = trainer.training_step
 
@@ -376,10 +452,11 @@ def launch(spec: dict, timeout: float) -> dict:
 # ------------------------------------------------------------------------------------------------ driver
 
 
-def model_flops(params: int, tokens: int, sum_len_sq: int) -> float:
+def model_flops(params: int, tokens: int, sum_len_sq: int, layers: int, hidden: int) -> float:
     """Training FLOPs: 6 x params x tokens (forward + backward of every matmul, LM head included) plus causal
-    attention scores and mixing, 2 x 2 x hidden x len^2 / 2 per layer forward, x3 with backward."""
-    layers, hidden = MODEL["num_hidden_layers"], MODEL["hidden_size"]
+    attention scores and mixing, 2 x 2 x hidden x len^2 / 2 per layer forward, x3 with backward. The same count
+    for LoRA runs (their backward still computes the input gradients of every frozen matmul, the weight gradients
+    not: MFU is then a throughput ratio, not a share of work done)."""
     return 6 * params * tokens + 6 * layers * hidden * sum_len_sq
 
 
@@ -403,6 +480,8 @@ def summarise(runs: list[dict]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny", help="tiny (the random 27.8M Llama shape), smollm2-135m (the fetched "
+                   "SmolLM2-135M-Instruct) or a local Hugging Face model folder")
     p.add_argument("--quick", action="store_true", help="fewer rows (~1 min a run), bf16 only, 1 repeat")
     p.add_argument("--repeats", type=int, default=None, help="alternated runs per configuration (default 3; 1 quick)")
     p.add_argument("--json", help="write one object per case and dtype to this file")
@@ -415,11 +494,11 @@ def main() -> None:
         "train.compile (the compile time counts in tokens/s)",
     )
     p.add_argument("--trl-configs", default=",".join(TRL_CONFIGS), help=f"of {', '.join(TRL_CONFIGS)}; NAME@N too")
-    p.add_argument("--short-rows", type=int, default=None, help="SST-2 rows (default 4000; 1000 quick)")
-    p.add_argument("--long-rows", type=int, default=None, help="alpaca rows (default 300; 80 quick)")
+    p.add_argument("--short-rows", type=int, default=None, help="SST-2 rows (default 4000, real model 500; 1000 / 200 quick)")
+    p.add_argument("--long-rows", type=int, default=None, help="alpaca rows (default 300, real model 150; 80 / 60 quick)")
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--max-len", type=int, default=512)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-4; real model 5e-5)")
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "sftlab-throughput"))
     p.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     p.add_argument(
@@ -448,10 +527,12 @@ def main() -> None:
 
     repeats = args.repeats or (1 if args.quick else 3)
     dtypes = (args.dtypes or ("bf16" if args.quick else "bf16,fp32")).split(",")
+    real = args.model != "tiny"
     rows = {
-        "short": args.short_rows or (1000 if args.quick else 4000),
-        "long": args.long_rows or (80 if args.quick else 300),
+        "short": args.short_rows or ((200 if args.quick else 500) if real else (1000 if args.quick else 4000)),
+        "long": args.long_rows or ((60 if args.quick else 150) if real else (80 if args.quick else 300)),
     }
+    lr = args.lr or (5e-5 if real else 5e-4)
     configs = [("sftlab", c) for c in args.sftlab_configs.split(",") if c] + [
         ("trl", c) for c in args.trl_configs.split(",") if c
     ]
@@ -461,7 +542,7 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    tok_dir, model_dir = prepare_assets(work)
+    tok_dir, model_dir = (real_model_dir(args.model),) * 2 if real else prepare_assets(work)
     peaks = {d: matmul_peak(d) for d in dtypes}
     import torch
 
@@ -470,7 +551,8 @@ def main() -> None:
         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}; matmul peak "
         + ", ".join(f"{d} {v:,.0f} GFLOP/s" for d, v in peaks.items())
     )
-    print(f"repeats {repeats}, micro-batch {args.micro_batch}, max_len {args.max_len}, rows {rows}", flush=True)
+    print(f"model {model_dir.name}, repeats {repeats}, micro-batch {args.micro_batch}, max_len {args.max_len}, "
+          f"lr {lr}, rows {rows}", flush=True)
 
     results = []
     for case in args.cases.split(","):
@@ -479,7 +561,7 @@ def main() -> None:
             for rep in range(repeats):
                 for fw, conf in order if rep % 2 == 0 else list(reversed(order)):
                     spec = dict(
-                        framework=fw, config=conf, case=case, dtype=dtype, rows=rows[case], lr=args.lr,
+                        framework=fw, config=conf, case=case, dtype=dtype, rows=rows[case], lr=lr, real=real,
                         micro_batch=int(conf.split("@")[1]) if "@" in conf else args.micro_batch,
                         max_len=args.max_len, tokenizer=str(tok_dir),
                         model=str(model_dir), cache_dir=str(work / "sftlab-cache"), out_dir=str(work / "trl-out"),
@@ -504,19 +586,27 @@ def main() -> None:
                         f"cpu/wall {r['cpu_per_wall']:.2f} other {r['other_cpu']:.2f}",
                         flush=True,
                     )
-            results.append(report_case(case, dtype, runs, peaks[dtype]))
+            # full fine-tuning and LoRA are compared separately: each side's best of its own kind
+            for kind in ("full", "lora"):
+                mine = {c: rs for c, rs in runs.items() if ("+lora" in c[1]) == (kind == "lora")}
+                if any(fw == "sftlab" for fw, _ in mine):
+                    name = case if kind == "full" else f"{case}+lora"
+                    targets = {**(REAL_TARGETS if real else TARGETS), f"{case}+lora": LORA_TARGET}
+                    results.append(report_case(name, dtype, mine, peaks[dtype], targets))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
 
 
-def report_case(case: str, dtype: str, runs: dict, peak_gflops: float) -> dict:
+def report_case(case: str, dtype: str, runs: dict, peak_gflops: float, targets: dict) -> dict:
     summary = {f"{fw}:{conf}": summarise(rs) for (fw, conf), rs in runs.items()}
     sft_runs = next(rs for (fw, _), rs in runs.items() if fw == "sftlab")
     params, sum_len_sq = sft_runs[0]["params"], sft_runs[0]["sum_len_sq"]
+    shape = sft_runs[0].get("layers", MODEL["num_hidden_layers"]), sft_runs[0].get("hidden", MODEL["hidden_size"])
 
     def mfu(s: dict) -> float:
-        return model_flops(params, s["tokens"], sum_len_sq) / (s["tokens"] / s["tokens_per_s"]) / (peak_gflops * 1e9)
+        flops = model_flops(params, s["tokens"], sum_len_sq, *shape)
+        return flops / (s["tokens"] / s["tokens_per_s"]) / (peak_gflops * 1e9)
 
     for s in summary.values():
         s["mfu"] = mfu(s)
@@ -533,7 +623,7 @@ def report_case(case: str, dtype: str, runs: dict, peak_gflops: float) -> dict:
         "sftlab_tokens_per_s": s["tokens_per_s"],
         "trl_tokens_per_s": t["tokens_per_s"] if t else None,
         "ratio": s["tokens_per_s"] / t["tokens_per_s"] if t else None,
-        "target_ratio": TARGETS[case] if dtype == "bf16" else None,
+        "target_ratio": targets[case] if dtype == "bf16" else None,
         "sftlab_peak_rss_mb": s["peak_rss_mb"],
         "trl_peak_rss_mb": t["peak_rss_mb"] if t else None,
         "sftlab_final_loss": s["final_loss"],
@@ -567,7 +657,7 @@ def report_case(case: str, dtype: str, runs: dict, peak_gflops: float) -> dict:
             f"{v['final_loss']:7.4f} {v['mfu']:6.1%} {v['steps']:5} {v['trained_tokens']:,}{mark}"
         )
     if t:
-        target = f" (target >= {TARGETS[case]}x)" if dtype == "bf16" else ""
+        target = f" (target >= {targets[case]}x)" if dtype == "bf16" else ""
         print(
             f"   best: sftlab {best['sftlab']} {s['tokens_per_s']:,.0f} tok/s vs TRL {best['trl']} "
             f"{t['tokens_per_s']:,.0f} tok/s = {out['ratio']:.2f}x{target}; RSS {s['peak_rss_mb']:,.0f} vs "
@@ -597,7 +687,8 @@ def matched_pairs(summary: dict) -> list[dict]:
 
     def batching(key: str) -> str:
         name, _, micro = key.split(":")[1].partition("@")
-        return ("padded" if name.startswith("padded") else "packed") + "@" + micro  # "+compile" counts as its base
+        kind = ("padded" if name.startswith("padded") else "packed") + ("+lora" if "+lora" in name else "")
+        return kind + "@" + micro  # "+compile" counts as its base
 
     out = []
     for k, v in summary.items():

@@ -137,3 +137,33 @@ def test_compiled_layers_match_eager():
     assert compile_layers(compiled) == len(compiled.model.layers)
     for batch in (collate_padded(exs, pad_id=0), collate_packed([exs[:2], exs[2:]], pad_id=0)):
         assert_same(loss_and_grads(compiled, batch), loss_and_grads(eager, batch))
+
+
+def test_short_padded_rows_take_the_math_kernel_with_the_same_result():
+    """Padded CPU rows of at most MATH_MAX_LEN tokens run SDPA's math kernel (faster there than flash); longer
+    rows and non-sdpa models are left alone; the loss and gradients equal the flash kernel's."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from sftlab.train.attention import MATH_MAX_LEN, short_rows_attention
+
+    model = build_tiny_llama(VOCAB, seed=3)
+    set_impl(model, "sdpa")
+    short, long = torch.zeros(2, MATH_MAX_LEN, dtype=torch.long), torch.zeros(2, MATH_MAX_LEN + 1, dtype=torch.long)
+    assert not isinstance(short_rows_attention(model, short), contextlib.nullcontext)
+    assert isinstance(short_rows_attention(model, long), contextlib.nullcontext)
+    set_impl(model, "eager")
+    assert isinstance(short_rows_attention(model, short), contextlib.nullcontext)
+    set_impl(model, "sdpa")
+    batch = collate_padded(examples(seed=2), pad_id=0)
+    got = loss_and_grads(model, batch, drop_padding_mask=True)  # the math kernel
+    from sftlab.train import attention
+
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        saved, attention.MATH_MAX_LEN = attention.MATH_MAX_LEN, 0  # the padded path leaves the kernel alone
+        try:
+            flash = loss_and_grads(model, batch, drop_padding_mask=True)
+        finally:
+            attention.MATH_MAX_LEN = saved
+    assert_same(got, flash)

@@ -24,6 +24,7 @@ from sftlab.train.backends import Backend, select_backend
 from sftlab.train.batches import collate_padded
 from sftlab.train.checkpoint import find_latest_valid, prune_checkpoints
 from sftlab.train.faults import Faults
+from sftlab.train.frozen import frozen_linears_cast
 from sftlab.train.loss import SourceLoss, forward_loss_sum
 from sftlab.train.optim import build_scheduler
 from sftlab.train.plan import (
@@ -302,7 +303,8 @@ def train(
     result.startup_s = start - entered  # plan, optimizer, resume: the wait before the first step
     tokens_since_log = 0
 
-    with progress_bar(t.progress) as bar, GracefulStop() as stop:
+    fast_frozen = t.precision != "fp32" and not backend.sharded and not t.compile  # train/frozen.py
+    with progress_bar(t.progress) as bar, GracefulStop() as stop, frozen_linears_cast(lm, fast_frozen):
         task = bar.add_task("", total=total_steps, completed=start_step)
         for step in range(start_step, total_steps):
             epoch, micro_batches = next(windows)

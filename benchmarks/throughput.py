@@ -33,7 +33,8 @@ Every run is its own subprocess (peak RSS = the child's ``ru_maxrss``); runs alt
 configurations (order reversed every repeat) and medians over ``--repeats`` are reported. Throughput = real
 (non-padding) tokens of the epoch / wall time of ``train()`` / ``trainer.train()``. MFU = model FLOPs
 (6 x parameters x tokens + causal attention 6 x layers x hidden x sum(len^2)) / time / the matmul peak measured
-here (2048 x 2048 ``torch.matmul`` in the run's dtype). Final loss = mean train loss of the last 10 steps.
+here (2048 x 2048 ``torch.matmul`` in the run's dtype). Final loss = mean train loss of the last 10 steps;
+epoch loss = mean step loss over the whole epoch (less dependent on which rows the last steps hold).
 """
 
 from __future__ import annotations
@@ -182,6 +183,7 @@ def common_result(spec: dict, elapsed: float, losses: list[float], cpu_s: float)
         "cpu_per_wall": cpu_s / elapsed,  # ~ threads when the run had the CPUs to itself
         "steps": len(losses),
         "final_loss": statistics.fmean(losses[-LAST_STEPS:]) if losses else None,
+        "epoch_loss": statistics.fmean(losses) if losses else None,  # mean step loss over the epoch
         "last_step_loss": losses[-1] if losses else None,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -467,6 +469,7 @@ def summarise(runs: list[dict]) -> dict:
         "tokens_per_s_runs": [round(x, 1) for x in tps],
         "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
         "final_loss": statistics.median(r["final_loss"] for r in runs),
+        "epoch_loss": statistics.median(r["epoch_loss"] for r in runs),
         "tokens": runs[0]["tokens"],
         "trained_tokens": runs[0]["trained_tokens"],
         "steps": runs[0]["steps"],
@@ -649,12 +652,12 @@ def report_case(case: str, dtype: str, runs: dict, peak_gflops: float, targets: 
             }
     out["matched"] = matched_pairs(summary)
     print(f"\n== {case} / {dtype}: tokens {s['tokens']:,} real, {s['trained_tokens']:,} trained (sftlab)")
-    print(f"   {'config':22} {'tok/s':>8} {'runs':>26} {'RSS MB':>8} {'loss':>7} {'MFU':>6} {'steps':>5} trained")
+    print(f"   {'config':22} {'tok/s':>8} {'runs':>26} {'RSS MB':>8} {'loss':>7} {'epoch':>7} {'MFU':>6} {'steps':>5} trained")
     for k, v in summary.items():
         mark = " *" if k in best.values() else ""
         print(
             f"   {k:22} {v['tokens_per_s']:8,.0f} {str(v['tokens_per_s_runs']):>26} {v['peak_rss_mb']:8,.0f} "
-            f"{v['final_loss']:7.4f} {v['mfu']:6.1%} {v['steps']:5} {v['trained_tokens']:,}{mark}"
+            f"{v['final_loss']:7.4f} {v['epoch_loss']:7.4f} {v['mfu']:6.1%} {v['steps']:5} {v['trained_tokens']:,}{mark}"
         )
     if t:
         target = f" (target >= {targets[case]}x)" if dtype == "bf16" else ""

@@ -156,6 +156,9 @@ def test_short_padded_rows_take_the_math_kernel_with_the_same_result():
     set_impl(model, "eager")
     assert isinstance(short_rows_attention(model, short), contextlib.nullcontext)
     set_impl(model, "sdpa")
+    model.activation_checkpointing_enable()
+    assert isinstance(short_rows_attention(model, short), contextlib.nullcontext)  # recompute would take flash
+    model.activation_checkpointing_disable()
     batch = collate_padded(examples(seed=2), pad_id=0)
     got = loss_and_grads(model, batch, drop_padding_mask=True)  # the math kernel
     from sftlab.train import attention

@@ -34,6 +34,8 @@ def short_rows_attention(lm, input_ids: torch.Tensor):
         return contextlib.nullcontext()
     if getattr(lm.config, "_attn_implementation", None) != "sdpa":
         return contextlib.nullcontext()
+    if getattr(lm, "is_activation_checkpointing", False):  # the recompute in backward must pick the same kernel
+        return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel(SDPBackend.MATH)

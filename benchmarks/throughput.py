@@ -67,15 +67,11 @@ REAL_LABELS = {"0": "negative", "1": "positive"}
 LORA = dict(r=16, alpha=32.0, dropout=0.05)  # target: all linear layers
 LAST_STEPS = 10  # final loss = mean of the last N step losses (one step's loss is noisy on tiny batches)
 MARK = "THROUGHPUT_RESULT "
-# ChatML as the tokenizer renders it, with {% generation %} around what sftlab trains: the assistant content and
-# its <|im_end|>, not the newline after it (TRL needs the markers for assistant_only_loss).
-CHATML_GENERATION = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
-    "{{ '\n' }}"
-    "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endif %}"
-    "{% endfor %}"
+# A ChatML turn as SmolLM2's template writes it, and ChatML built from it (the tiny tokenizer's format);
+# generation_template() marks the assistant turns for TRL's assistant_only_loss.
+CHATML_TURN = "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+CHATML = (
+    "{% for message in messages %}" + CHATML_TURN + "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
@@ -86,14 +82,13 @@ CHATML_GENERATION = (
 def generation_template(template: str) -> str:
     """The model's ChatML-style template with ``{% generation %}`` around each assistant turn's content and
     ``<|im_end|>`` (what sftlab trains), so TRL's ``assistant_only_loss`` trains the same tokens."""
-    plain = "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-    if plain not in template:
+    if CHATML_TURN not in template:
         raise SystemExit("--model: only ChatML-style templates (SmolLM2's) get generation markers here")
     marked = (
         "{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}{% generation %}"
-        "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}{% else %}" + plain + "{% endif %}"
+        "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}{% else %}" + CHATML_TURN + "{% endif %}"
     )
-    return template.replace(plain, marked)
+    return template.replace(CHATML_TURN, marked)
 
 
 def real_model_dir(name: str) -> Path:
@@ -316,7 +311,7 @@ def run_trl(spec: dict) -> dict:
             rows.append(
                 {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": r["output"]}]}
             )
-        tokenizer.chat_template = CHATML_GENERATION
+        tokenizer.chat_template = generation_template(CHATML)
         # sftlab does not train a reply cut by truncation (such a record has no trained token left and is
         # removed); TRL would train its first part. Leave those rows out here too, so both train the same tokens.
         rows = [r for r in rows if n_tokens(tokenizer, r["messages"]) <= spec["max_len"]]

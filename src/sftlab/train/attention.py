@@ -14,6 +14,7 @@ row order. Without segments (evaluation, generation, padded batches) it is plain
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +29,6 @@ def short_rows_attention(lm, input_ids: torch.Tensor):
     """Context for a forward pass: SDPA's math kernel for padded rows of at most ``MATH_MAX_LEN`` tokens on CPU,
     else no change. Measured in a whole SmolLM2-135M step (8 rows, bf16, 2 cores, alternated in one process):
     1.39 vs 1.59 s at 75 tokens, 2.62 vs 2.54 s at 160 (benchmarks/README.md)."""
-    import contextlib
-
     if input_ids.device.type != "cpu" or input_ids.shape[-1] > MATH_MAX_LEN:
         return contextlib.nullcontext()
     if getattr(lm.config, "_attn_implementation", None) != "sdpa":

@@ -19,6 +19,7 @@ from sftlab.config import Config, TrainConfig
 from sftlab.console import say, warn
 from sftlab.data.types import count_trained
 from sftlab.model.load import pad_id_of
+from sftlab.train.allocator import keep_freed_memory
 from sftlab.train.attention import SEGMENT_ATTENTION, register_segment_attention
 from sftlab.train.backends import Backend, select_backend
 from sftlab.train.batches import collate_padded
@@ -291,8 +292,7 @@ def train(
     per_epoch, total_steps = count_steps(plan, cfg)
     source_loss = SourceLoss.for_dataset(train_dataset, accelerator.device)  # loss/<source> when several
     scheduler = build_scheduler(backend.schedule_optimizer, total_steps, t)
-    pad_id = pad_id_of(tokenizer)
-    faults = Faults()
+    pad_id, faults = pad_id_of(tokenizer), Faults()
     ckpt_root = out / "checkpoints"
     result = RunResult(output_dir=str(out), steps=total_steps, packing_fill=plan.fill_rate(cfg.data.max_seq_len),
                        split_sequences=plan.split_sequences, pieces_without_targets=plan.pieces_without_targets)
@@ -304,7 +304,8 @@ def train(
     tokens_since_log = 0
 
     fast_frozen = t.precision != "fp32" and not backend.sharded and not t.compile  # train/frozen.py
-    with progress_bar(t.progress) as bar, GracefulStop() as stop, frozen_linears_cast(lm, fast_frozen):
+    with (progress_bar(t.progress) as bar, GracefulStop() as stop, frozen_linears_cast(lm, fast_frozen),
+          keep_freed_memory(accelerator.device)):  # train/allocator.py
         task = bar.add_task("", total=total_steps, completed=start_step)
         for step in range(start_step, total_steps):
             epoch, micro_batches = next(windows)

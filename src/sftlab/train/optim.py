@@ -47,14 +47,16 @@ def _can_fuse(groups: list[dict]) -> bool:
 def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
     """Multiplier of the peak lr at ``step`` (0-based): linear warm-up, then cosine / linear / constant.
 
-    The decay ends at ``min_lr_ratio`` on the last step.
+    The decay reaches ``min_lr_ratio`` after the last step, as transformers' schedules (and TRL's) do: with no
+    warm-up, step ``s`` of ``T`` has cosine ``0.5 * (1 + cos(pi * s / T))``. The last step still updates (with
+    ``min_lr_ratio`` 0, a schedule that reached the floor on the last step would spend that step on nothing).
     """
     warmup = cfg.warmup_steps if cfg.warmup_steps > 0 else int(round(cfg.warmup_ratio * total_steps))
     if step < warmup:
         return (step + 1) / warmup
     if cfg.scheduler == "constant":
         return 1.0
-    span = max(1, total_steps - warmup - 1)
+    span = max(1, total_steps - warmup)
     progress = min(1.0, (step - warmup) / span)
     if cfg.scheduler == "linear":
         shape = 1.0 - progress

@@ -34,7 +34,10 @@ configurations (order reversed every repeat) and medians over ``--repeats`` are 
 (non-padding) tokens of the epoch / wall time of ``train()`` / ``trainer.train()``. MFU = model FLOPs
 (6 x parameters x tokens + causal attention 6 x layers x hidden x sum(len^2)) / time / the matmul peak measured
 here (2048 x 2048 ``torch.matmul`` in the run's dtype). Final loss = mean train loss of the last 10 steps;
-epoch loss = mean step loss over the whole epoch (less dependent on which rows the last steps hold).
+epoch loss = mean step loss over the whole epoch (less dependent on which rows the last steps hold); held-out
+loss = the trained model's token-weighted cross-entropy on the 48 rows after the training rows (trained part
+only), scored after training by one function in float32 for both frameworks (outside the timed part and the
+peak RSS): the figure to compare when the two frameworks order their batches differently.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ REAL_MODELS = {"smollm2-135m": "smollm2-135m-instruct"}  # sftlab model fetch NA
 REAL_PROMPT = "Is the sentiment of this movie review positive or negative? Answer with one word.\n\nReview: {sentence}"
 REAL_LABELS = {"0": "negative", "1": "positive"}
 LORA = dict(r=16, alpha=32.0, dropout=0.05)  # target: all linear layers
+HELDOUT = 48  # rows after the training rows, scored after training (the same scorer for both frameworks)
 LAST_STEPS = 10  # final loss = mean of the last N step losses (one step's loss is noisy on tiny batches)
 MARK = "THROUGHPUT_RESULT "
 # A ChatML turn as SmolLM2's template writes it, and ChatML built from it (the tiny tokenizer's format);
@@ -156,6 +160,63 @@ def read_rows(path: Path, limit: int) -> list[dict]:
             if line.strip():
                 rows.append(json.loads(line))
     return rows
+
+
+def chat_pairs(spec: dict, start: int, stop: int) -> list[tuple[str, str]]:
+    """Rows ``[start, stop)`` of the case's source as (user, assistant) texts, as TRL's rows and the held-out
+    set hold them: the real model's SST-2 question and label word, or an alpaca instruction and its output."""
+    if spec["real"] and spec["case"] == "short":
+        return [(REAL_PROMPT.format(sentence=r["sentence"]), REAL_LABELS[str(r["label"])])
+                for r in read_rows(SST2, stop)[start:]]  # fmt: skip
+    return [("\n\n".join(p for p in (r["instruction"], r.get("input") or "") if p.strip()), r["output"])
+            for r in read_rows(ALPACA, stop)[start:]]  # fmt: skip
+
+
+def heldout_examples(spec: dict, tokenizer) -> list[tuple[list[int], list[int]]]:
+    """The ``HELDOUT`` rows after the training rows, encoded one way for both frameworks: (token ids, labels with
+    -100 off the trained part). Chats through the generation-marked template (the assistant turn and its
+    ``<|im_end|>``); the tiny short case as prompt + completion + eos. Rows over ``max_len`` are left out."""
+    start, stop = spec["rows"], spec["rows"] + HELDOUT
+    out = []
+    if spec["real"] or spec["case"] == "long":
+        template = generation_template(tokenizer.chat_template if spec["real"] else CHATML)
+        for user, answer in chat_pairs(spec, start, stop):
+            messages = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+            enc = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True,
+                                                return_assistant_tokens_mask=True)  # fmt: skip
+            ids = list(enc["input_ids"])
+            out.append((ids, [t if m else -100 for t, m in zip(ids, enc["assistant_masks"], strict=True)]))
+    else:
+        for r in read_rows(SST2, stop)[start:]:
+            prompt = tokenizer(PROMPT.format(sentence=r["sentence"]))["input_ids"]
+            answer = tokenizer(" " + LABELS[str(r["label"])])["input_ids"] + [tokenizer.eos_token_id]
+            out.append((prompt + answer, [-100] * len(prompt) + answer))
+    return [(ids, labels) for ids, labels in out if len(ids) <= spec["max_len"]]
+
+
+def heldout_loss(model, examples: list[tuple[list[int], list[int]]], batch: int = 4) -> float:
+    """Token-weighted cross-entropy of ``model`` (float32, no autocast) on the held-out examples: the same scorer,
+    on the same tokens, for whichever framework trained the model."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), batch):
+            chunk = examples[i : i + batch]
+            width = max(len(ids) for ids, _ in chunk)
+            ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            labels = torch.full_like(ids, -100)
+            mask = torch.zeros_like(ids)
+            for j, (x, y) in enumerate(chunk):
+                ids[j, : len(x)], labels[j, : len(y)], mask[j, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
+            target = labels[:, 1:].to(device)
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"))
+            count += int((target != -100).sum())
+    return total / count
 
 
 # ------------------------------------------------------------------------------------------------ child runs
@@ -261,8 +322,10 @@ def run_sftlab(spec: dict) -> dict:
         result = train(cfg, model, tokenizer, dataset, output_dir=out)
         elapsed, cpu_s = time.perf_counter() - t0, cpu_seconds() - c0
     assert result.tokens == sum(lengths), (result.tokens, sum(lengths))
+    common = common_result(spec, elapsed, result.losses, cpu_s)  # peak RSS of the training, before the scoring
     return {
-        **common_result(spec, elapsed, result.losses, cpu_s),
+        **common,
+        "heldout_loss": heldout_loss(model, heldout_examples(spec, tokenizer)),
         "tokens": result.tokens,
         "trained_tokens": result.trained_tokens,
         "dataset_trained_tokens": trained,
@@ -288,13 +351,8 @@ def run_trl(spec: dict) -> dict:
     conf, _, extra = spec["config"].split("@")[0].partition("+")
     tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
     if spec["real"]:
-        if spec["case"] == "short":
-            pairs = [(REAL_PROMPT.format(sentence=r["sentence"]), REAL_LABELS[str(r["label"])])
-                     for r in read_rows(SST2, spec["rows"])]
-        else:
-            pairs = [("\n\n".join(p for p in (r["instruction"], r.get("input") or "") if p.strip()), r["output"])
-                     for r in read_rows(ALPACA, spec["rows"])]
-        rows = [{"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]} for u, a in pairs]
+        rows = [{"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]}
+                for u, a in chat_pairs(spec, 0, spec["rows"])]  # fmt: skip
         tokenizer.chat_template = generation_template(tokenizer.chat_template)
         rows = [r for r in rows if n_tokens(tokenizer, r["messages"]) <= spec["max_len"]]
         loss_kw = {"assistant_only_loss": True}
@@ -305,12 +363,8 @@ def run_trl(spec: dict) -> dict:
         ]
         loss_kw = {"completion_only_loss": True}
     else:
-        rows = []
-        for r in read_rows(ALPACA, spec["rows"]):
-            user = "\n\n".join(p for p in (r["instruction"], r.get("input") or "") if p.strip())
-            rows.append(
-                {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": r["output"]}]}
-            )
+        rows = [{"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]}
+                for u, a in chat_pairs(spec, 0, spec["rows"])]  # fmt: skip
         tokenizer.chat_template = generation_template(CHATML)
         # sftlab does not train a reply cut by truncation (such a record has no trained token left and is
         # removed); TRL would train its first part. Leave those rows out here too, so both train the same tokens.
@@ -365,11 +419,14 @@ def run_trl(spec: dict) -> dict:
         return loss
 
     trainer.training_step = recording_step
+    fresh_tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])  # the template above is generation-marked
     t0, c0 = time.perf_counter(), cpu_seconds()
     trainer.train()
     elapsed, cpu_s = time.perf_counter() - t0, cpu_seconds() - c0
+    common = common_result(spec, elapsed, losses, cpu_s)  # peak RSS of the training, before the scoring
     return {
-        **common_result(spec, elapsed, losses, cpu_s),
+        **common,
+        "heldout_loss": heldout_loss(trainer.model, heldout_examples(spec, fresh_tokenizer)),
         "tokens": tokens[0],
         "trained_tokens": trained[0],
         "optim": str(args.optim),
@@ -465,11 +522,13 @@ def summarise(runs: list[dict]) -> dict:
         "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
         "final_loss": statistics.median(r["final_loss"] for r in runs),
         "epoch_loss": statistics.median(r["epoch_loss"] for r in runs),
+        "heldout_loss": statistics.median(r["heldout_loss"] for r in runs),
         "tokens": runs[0]["tokens"],
         "trained_tokens": runs[0]["trained_tokens"],
         "steps": runs[0]["steps"],
         "runs": [
-            {k: r.get(k) for k in ("elapsed_s", "peak_rss_mb", "final_loss", "cpu_per_wall", "other_cpu", "attempts")}
+            {k: r.get(k) for k in ("elapsed_s", "peak_rss_mb", "final_loss", "heldout_loss", "cpu_per_wall",
+                                   "other_cpu", "attempts")}  # fmt: skip
             for r in runs
         ],
         **({"peak_gpu_mb": statistics.median(r["peak_gpu_mb"] for r in runs)} if "peak_gpu_mb" in runs[0] else {}),
@@ -580,7 +639,7 @@ def main() -> None:
                     print(
                         f"  {case:5} {dtype} rep {rep + 1} {fw:6} {conf:14} {r['tokens'] / r['elapsed_s']:8,.0f} tok/s "
                         f"{r['elapsed_s']:6.1f} s  rss {r['peak_rss_mb']:6,.0f} MB  loss {r['final_loss']:.4f}  "
-                        f"tokens {r['tokens']:,} trained {r['trained_tokens']:,} steps {r['steps']} "
+                        f"held-out {r['heldout_loss']:.4f}  tokens {r['tokens']:,} trained {r['trained_tokens']:,} steps {r['steps']} "
                         f"cpu/wall {r['cpu_per_wall']:.2f} other {r['other_cpu']:.2f}",
                         flush=True,
                     )
@@ -626,6 +685,8 @@ def report_case(case: str, dtype: str, runs: dict, peak_gflops: float, targets: 
         "trl_peak_rss_mb": t["peak_rss_mb"] if t else None,
         "sftlab_final_loss": s["final_loss"],
         "trl_final_loss": t["final_loss"] if t else None,
+        "sftlab_heldout_loss": s["heldout_loss"],
+        "trl_heldout_loss": t["heldout_loss"] if t else None,
         "mfu": s["mfu"],
         "trl_mfu": t["mfu"] if t else None,
         "matmul_peak_gflops": peak_gflops,
@@ -644,22 +705,25 @@ def report_case(case: str, dtype: str, runs: dict, peak_gflops: float, targets: 
                 "ratio": summary[k]["tokens_per_s"] / t["tokens_per_s"],
                 "sftlab_peak_rss_mb": summary[k]["peak_rss_mb"],
                 "sftlab_final_loss": summary[k]["final_loss"],
+                "sftlab_heldout_loss": summary[k]["heldout_loss"],
             }
     out["matched"] = matched_pairs(summary)
     print(f"\n== {case} / {dtype}: tokens {s['tokens']:,} real, {s['trained_tokens']:,} trained (sftlab)")
-    print(f"   {'config':22} {'tok/s':>8} {'runs':>26} {'RSS MB':>8} {'loss':>7} {'epoch':>7} {'MFU':>6} {'steps':>5} trained")
+    print(f"   {'config':22} {'tok/s':>8} {'runs':>26} {'RSS MB':>8} {'loss':>7} {'epoch':>7} {'held':>7} {'MFU':>6} "
+          f"{'steps':>5} trained")
     for k, v in summary.items():
         mark = " *" if k in best.values() else ""
         print(
             f"   {k:22} {v['tokens_per_s']:8,.0f} {str(v['tokens_per_s_runs']):>26} {v['peak_rss_mb']:8,.0f} "
-            f"{v['final_loss']:7.4f} {v['epoch_loss']:7.4f} {v['mfu']:6.1%} {v['steps']:5} {v['trained_tokens']:,}{mark}"
+            f"{v['final_loss']:7.4f} {v['epoch_loss']:7.4f} {v['heldout_loss']:7.4f} {v['mfu']:6.1%} {v['steps']:5} {v['trained_tokens']:,}{mark}"
         )
     if t:
         target = f" (target >= {targets[case]}x)" if dtype == "bf16" else ""
         print(
             f"   best: sftlab {best['sftlab']} {s['tokens_per_s']:,.0f} tok/s vs TRL {best['trl']} "
             f"{t['tokens_per_s']:,.0f} tok/s = {out['ratio']:.2f}x{target}; RSS {s['peak_rss_mb']:,.0f} vs "
-            f"{t['peak_rss_mb']:,.0f} MB; loss {s['final_loss']:.4f} vs {t['final_loss']:.4f}; MFU {s['mfu']:.1%} vs "
+            f"{t['peak_rss_mb']:,.0f} MB; loss {s['final_loss']:.4f} vs {t['final_loss']:.4f}, held-out "
+            f"{s['heldout_loss']:.4f} vs {t['heldout_loss']:.4f}; MFU {s['mfu']:.1%} vs "
             f"{t['mfu']:.1%} of {peak_gflops:,.0f} GFLOP/s",
             flush=True,
         )
@@ -667,13 +731,15 @@ def report_case(case: str, dtype: str, runs: dict, peak_gflops: float, targets: 
         if w:
             print(
                 f"   best within TRL's memory: sftlab {w['sftlab_config']} {w['sftlab_tokens_per_s']:,.0f} tok/s = "
-                f"{w['ratio']:.2f}x, RSS {w['sftlab_peak_rss_mb']:,.0f} MB, loss {w['sftlab_final_loss']:.4f}"
+                f"{w['ratio']:.2f}x, RSS {w['sftlab_peak_rss_mb']:,.0f} MB, loss {w['sftlab_final_loss']:.4f}, held-out "
+                f"{w['sftlab_heldout_loss']:.4f}"
             )
     for m in out["matched"]:
         print(
             f"   same batching: sftlab {m['sftlab_config']} / TRL {m['trl_config']} = {m['ratio']:.2f}x; RSS "
             f"{m['sftlab_peak_rss_mb']:,.0f} vs {m['trl_peak_rss_mb']:,.0f} MB; loss {m['sftlab_final_loss']:.4f} vs "
-            f"{m['trl_final_loss']:.4f}"
+            f"{m['trl_final_loss']:.4f}; held-out {m['sftlab_heldout_loss']:.4f} vs {m['trl_heldout_loss']:.4f} "
+            f"({m['sftlab_heldout_loss'] / m['trl_heldout_loss'] - 1:+.1%})"
         )
     print(flush=True)
     return out
@@ -706,6 +772,8 @@ def matched_pairs(summary: dict) -> list[dict]:
                 "trl_peak_rss_mb": w["peak_rss_mb"],
                 "sftlab_final_loss": v["final_loss"],
                 "trl_final_loss": w["final_loss"],
+                "sftlab_heldout_loss": v["heldout_loss"],
+                "trl_heldout_loss": w["heldout_loss"],
             }
         )
     return out

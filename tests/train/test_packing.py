@@ -139,34 +139,33 @@ def test_compiled_layers_match_eager():
         assert_same(loss_and_grads(compiled, batch), loss_and_grads(eager, batch))
 
 
-def test_short_padded_rows_take_the_math_kernel_with_the_same_result():
-    """Padded CPU rows of at most MATH_MAX_LEN tokens run SDPA's math kernel (faster there than flash); longer
-    rows and non-sdpa models are left alone; the loss and gradients equal the flash kernel's."""
-    import contextlib
-
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    from sftlab.train.attention import MATH_MAX_LEN, short_rows_attention
-
-    model = build_tiny_llama(VOCAB, seed=3)
-    set_impl(model, "sdpa")
-    short, long = torch.zeros(2, MATH_MAX_LEN, dtype=torch.long), torch.zeros(2, MATH_MAX_LEN + 1, dtype=torch.long)
-    assert not isinstance(short_rows_attention(model, short), contextlib.nullcontext)
-    assert isinstance(short_rows_attention(model, long), contextlib.nullcontext)
-    set_impl(model, "eager")
-    assert isinstance(short_rows_attention(model, short), contextlib.nullcontext)
-    set_impl(model, "sdpa")
-    model.activation_checkpointing_enable()
-    assert isinstance(short_rows_attention(model, short), contextlib.nullcontext)  # recompute would take flash
-    model.activation_checkpointing_disable()
-    batch = collate_padded(examples(seed=2), pad_id=0)
-    got = loss_and_grads(model, batch, drop_padding_mask=True)  # the math kernel
+def test_short_padded_rows_take_matmul_softmax_on_cpu_with_the_same_result(monkeypatch):
+    """Padded CPU rows (no padding mask) of at most MATH_MAX_LEN tokens run as matmul + softmax inside sftlab's
+    attention, longer rows and masked batches on SDPA; loss and gradients equal sdpa's, with activation
+    checkpointing too (its recompute calls the same attention)."""
     from sftlab.train import attention
 
-    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-        saved, attention.MATH_MAX_LEN = attention.MATH_MAX_LEN, 0  # the padded path leaves the kernel alone
-        try:
-            flash = loss_and_grads(model, batch, drop_padding_mask=True)
-        finally:
-            attention.MATH_MAX_LEN = saved
-    assert_same(got, flash)
+    calls = []
+    plain = attention._causal_math
+    monkeypatch.setattr(attention, "_causal_math", lambda *a: calls.append(a[0].shape[2]) or plain(*a))
+    exs = examples(seed=2)
+    batch = collate_padded(exs, pad_id=0)
+    width = batch["input_ids"].shape[1]
+    for checkpointing in (False, True):
+        model = build_tiny_llama(VOCAB, seed=3)
+        ref = loss_and_grads(model, batch, drop_padding_mask=True)  # sdpa
+        set_impl(model, SEGMENT_ATTENTION)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        calls.clear()
+        got = loss_and_grads(model, batch, drop_padding_mask=True)
+        assert calls and set(calls) == {width}  # every layer took the short path (twice with the recompute)
+        assert len(calls) == model.config.num_hidden_layers * (2 if checkpointing else 1)
+        assert_same(got, ref)
+        calls.clear()
+        assert_same(loss_and_grads(model, batch), ref)
+        assert not calls  # with the padding mask: SDPA
+        monkeypatch.setattr(attention, "MATH_MAX_LEN", width - 1)  # rows longer than the limit: SDPA
+        loss_and_grads(model, batch, drop_padding_mask=True)
+        assert not calls
+        monkeypatch.setattr(attention, "MATH_MAX_LEN", 192)

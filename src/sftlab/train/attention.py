@@ -1,43 +1,34 @@
-"""Attention for packed rows that never crosses a sequence boundary, on fast unmasked causal kernels.
+"""sftlab's training attention: sdpa, with two CPU paths where the fused kernels are slow.
 
-transformers isolates packed sequences on ``sdpa`` by building a block-diagonal mask from restarting
-position ids; with an explicit mask SDPA falls back to its slow masked kernel (measured here: packed
-rows ran at 0.7x of length-grouped padded batches). This backend attends within each sequence segment
-instead, causally, with no mask to read. The segments of a micro-batch are gathered into right-padded
-``[segments, longest, heads, dim]`` batches (right padding cannot leak into real tokens under causal attention),
-a few batches of similar lengths (within 2x), and each batch is one call: SDPA's fused ``is_causal`` kernel, or,
-for segments of at most ``MATH_MAX_LEN`` tokens, plain matmul + softmax (as transformers' eager attention), whose
-backward is ~3-4x faster than the CPU flash kernel's on such short segments. One call per layer and bucket, not
-per segment: SST-2 rows hold ~12 sequences each, and per-call overhead dominated. Results are gathered back in
-row order. Without segments (evaluation, generation, padded batches) it is plain ``sdpa``.
+- **Packed rows** (``train.segment_attention``) never attend across a sequence boundary, on unmasked causal
+  kernels. transformers isolates packed sequences on ``sdpa`` by building a block-diagonal mask from restarting
+  position ids; with an explicit mask SDPA falls back to its slow masked kernel (measured here: packed rows ran
+  at 0.7x of length-grouped padded batches). Here the segments of a micro-batch are gathered into right-padded
+  ``[segments, longest, heads, dim]`` batches (right padding cannot leak into real tokens under causal
+  attention), a few batches of similar lengths (within 2x), and each batch is one call. One call per layer and
+  bucket, not per segment: SST-2 rows hold ~12 sequences each, and per-call overhead dominated. Results are
+  gathered back in row order.
+- **Short rows on CPU**: causal attention over at most ``MATH_MAX_LEN`` tokens (padded rows without a padding
+  mask, segment buckets) runs as plain bf16 matmul + float32 softmax (transformers' eager attention, no mask
+  tensor): SmolLM2-135M's shape (9 heads / 3 kv heads of 64), 8 rows, forward + backward of one layer: 3.4 ms at
+  75 tokens vs 6.3 (SDPA math kernel) and 13.4 (flash); 27 vs 37 ms (flash) at 176; at 224 and beyond flash is
+  faster (benchmarks/README.md).
+
+Everything else (masks, dropout, a KV cache, GPUs) is plain ``sdpa``. ``train()`` switches an ``sdpa`` model to
+this implementation on CPU or for segment attention, and back to ``sdpa`` when it ends. The choice is made per
+call inside the model, so the recompute of activation checkpointing takes the same path.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 SEGMENT_ATTENTION = "sftlab_sdpa_segments"
-MATH_MAX_LEN = 128  # buckets of segments up to this long use matmul + softmax; longer ones SDPA's flash kernel
+MATH_MAX_LEN = 192  # causal attention up to this long on CPU: matmul + softmax; longer: SDPA's kernels
 _registered = False
-
-
-def short_rows_attention(lm, input_ids: torch.Tensor):
-    """Context for a forward pass: SDPA's math kernel for padded rows of at most ``MATH_MAX_LEN`` tokens on CPU,
-    else no change. Measured in a whole SmolLM2-135M step (8 rows, bf16, 2 cores, alternated in one process):
-    1.39 vs 1.59 s at 75 tokens, 2.62 vs 2.54 s at 160 (benchmarks/README.md)."""
-    if input_ids.device.type != "cpu" or input_ids.shape[-1] > MATH_MAX_LEN:
-        return contextlib.nullcontext()
-    if getattr(lm.config, "_attn_implementation", None) != "sdpa":
-        return contextlib.nullcontext()
-    if getattr(lm, "is_activation_checkpointing", False):  # the recompute in backward must pick the same kernel
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel(SDPBackend.MATH)
 
 
 def segment_attention_forward(
@@ -51,6 +42,9 @@ def segment_attention_forward(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     segments = kwargs.pop("sftlab_segments", None)
+    if segments is None and _short_causal(module, query, key, attention_mask, dropout, is_causal):
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return _causal_math(query, key, value, scale).transpose(1, 2).contiguous(), None
     if segments is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
@@ -155,6 +149,14 @@ def _select(x: torch.Tensor, index: torch.Tensor, src: torch.Tensor, dst: torch.
     return _Select.apply(x, index, src, dst) if torch.is_grad_enabled() and x.requires_grad else x[index]
 
 
+def _short_causal(module, query, key, attention_mask, dropout: float, is_causal: bool | None) -> bool:
+    """Plain causal self-attention (no mask, no cache prefix, no dropout) over a few tokens, on CPU."""
+    n = query.shape[2]
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    return (query.device.type == "cpu" and attention_mask is None and 1 < n <= MATH_MAX_LEN and key.shape[2] == n
+            and causal and not (dropout and module.training))  # fmt: skip
+
+
 def _causal_math(query, key, value, scale: float) -> torch.Tensor:
     """Causal attention as matmul + float32 softmax (transformers' eager attention, without a mask tensor)."""
     groups = query.shape[1] // key.shape[1]
@@ -177,7 +179,7 @@ def _attend_segments(query, key, value, seg: SegmentIndex, dropout: float, scali
         s, n = bucket.index.shape
         index = bucket.index.reshape(-1)
         q, k, v = (_select(x, index, bucket.dest, bucket.keep).view(s, n, -1, d).transpose(1, 2) for x in flat)
-        if n <= MATH_MAX_LEN and not dropout:
+        if n <= MATH_MAX_LEN and not dropout and q.device.type == "cpu":
             o = _causal_math(q, k, v, scale)
         else:
             o = F.scaled_dot_product_attention(

@@ -153,20 +153,23 @@ def compile_layers(model) -> int:
     return len(layers)
 
 
-def prepare_model(lm, cfg: Config) -> bool:
-    """Gradient checkpointing, segment attention for packed rows, regional compilation, train mode.
-    Returns whether segment attention was switched on (the saved model goes back to sdpa)."""
+def prepare_model(lm, cfg: Config, device: torch.device) -> bool:
+    """Gradient checkpointing, sftlab's attention (segments for packed rows, short rows on CPU: train/attention.py)
+    for an sdpa model, regional compilation, train mode. Returns whether the attention was switched (the saved
+    model goes back to sdpa)."""
     t = cfg.train
     if cfg.model.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    segment_attention = cfg.data.packing and lm.config._attn_implementation == "sdpa" and t.segment_attention
-    if segment_attention:
+    switch = lm.config._attn_implementation == "sdpa" and (
+        (cfg.data.packing and t.segment_attention) or torch.device(device).type == "cpu"
+    )
+    if switch:
         register_segment_attention()
         lm.set_attn_implementation(SEGMENT_ATTENTION)
     if t.compile:
         compile_layers(lm)
     lm.train()
-    return segment_attention
+    return switch
 
 
 def plan_dataset(train_dataset, cfg: Config, world: int) -> StepPlan:
@@ -285,7 +288,7 @@ def train(
         accelerator = build_accelerator(t.precision, t)
     set_seed(t.seed)
     lm = model
-    segment_attention = prepare_model(lm, cfg)
+    segment_attention = prepare_model(lm, cfg, accelerator.device)
     backend = select_backend(t, accelerator)
     backend.prepare(lm)
     plan = plan_dataset(train_dataset, cfg, accelerator.num_processes)

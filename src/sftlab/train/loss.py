@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from sftlab.data.types import IGNORE_INDEX
-from sftlab.train.attention import SEGMENT_ATTENTION, segment_index, short_rows_attention
+from sftlab.train.attention import SEGMENT_ATTENTION, segment_index
 
 # Logits elements (labelled tokens x vocab) of one chunk at most: 2**24 = 64 MB in float32, 2,048 rows at vocab
 # 8,192 but 333 at 50,257 (half the peak memory of 2,048 rows there, measured: 0.8 vs 1.6 GB at 8 x 512 tokens).
@@ -84,15 +84,13 @@ class LossHead(torch.nn.Module):
         inputs["use_cache"] = False
         by_group = group_ids is not None and group_sums is not None
         if _uses_plain_head(lm):
-            with short_rows_attention(lm, input_ids):
-                logits = lm(**inputs).logits
+            logits = lm(**inputs).logits
             ce = F.cross_entropy(logits[mask].float(), shift_labels[mask], reduction="none" if by_group else "sum")
             if by_group:
                 group_sums.index_add_(0, group_ids[mask], ce.detach())
                 ce = ce.sum()
             return ce
-        with short_rows_attention(lm, input_ids):
-            hidden = lm.get_decoder()(**inputs).last_hidden_state  # [B, T, H]
+        hidden = lm.get_decoder()(**inputs).last_hidden_state  # [B, T, H]
         head = lm.get_output_embeddings()
         h = hidden[mask]  # [N, H]
         y = shift_labels[mask]  # [N]

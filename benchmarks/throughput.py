@@ -24,7 +24,10 @@ Both train one epoch at max_len 512, micro-batch 8 (8 sequences, or 8 packed row
 accumulation, AdamW lr 5e-4 cosine to 0, clipping 1.0, no gradient checkpointing, in fp32 or bf16 autocast.
 sftlab runs its real pipeline (``build_dataset`` + ``train``) in each configuration: ``padded`` (length-grouped,
 the default), ``packed`` (``data.packing``), ``packed_seg`` (+ ``train.segment_attention``); TRL runs
-``padded``, ``padded_grouped`` (``train_sampling_strategy=group_by_length``) and ``packed`` (bfd, padding-free),
+``padded``, ``padded_grouped`` (``train_sampling_strategy=group_by_length``) and ``packed`` (bfd, padding-free).
+``padded_seq`` on both sides takes the rows in file order (sftlab: no shuffle, no length grouping; TRL:
+``train_sampling_strategy=sequential``): the same 8 rows in every step, so the step losses can be compared one
+by one (``first_losses``),
 with ``completion_only_loss`` / ``assistant_only_loss`` (a ChatML template with ``{% generation %}`` markers)
 so both train the same tokens, and no eval, saving, logging or progress bar. Each framework's best
 configuration (highest median tokens/s) is compared with the other's best.
@@ -59,8 +62,8 @@ MODEL = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_a
 VOCAB = 8192
 PROMPT = "Review: {sentence}\nSentiment:"
 LABELS = {"0": "negative", "1": "positive"}
-SFTLAB_CONFIGS = ("padded", "packed", "packed_seg")
-TRL_CONFIGS = ("padded", "padded_grouped", "packed")
+SFTLAB_CONFIGS = ("padded", "packed", "packed_seg", "padded_seq")
+TRL_CONFIGS = ("padded", "padded_grouped", "packed", "padded_seq")
 TARGETS = {"short": 2.0, "long": 1.3}  # sftlab / TRL in bf16 (issue "Fast training")
 REAL_TARGETS = {"short": 3.0, "long": 3.0}  # on the real model (issue "Fast on a real model")
 LORA_TARGET = 2.0  # sftlab LoRA / TRL + peft LoRA
@@ -241,6 +244,7 @@ def common_result(spec: dict, elapsed: float, losses: list[float], cpu_s: float)
         "final_loss": statistics.fmean(losses[-LAST_STEPS:]) if losses else None,
         "epoch_loss": statistics.fmean(losses) if losses else None,  # mean step loss over the epoch
         "last_step_loss": losses[-1] if losses else None,
+        "first_losses": losses[:5],  # step by step: equal batches (padded_seq) should give equal losses
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if torch.cuda.is_available():
@@ -284,7 +288,9 @@ def run_sftlab(spec: dict) -> dict:
         f"train.precision={spec['dtype']}",
         "train.log_every_steps=1000000",
         f"data.max_seq_len={spec['max_len']}",
-        f"data.packing={str(conf != 'padded').lower()}",
+        f"data.packing={str(conf.startswith('packed')).lower()}",
+        f"data.shuffle={str(conf != 'padded_seq').lower()}",  # padded_seq: file order, as TRL's sequential sampler
+        f"data.group_by_length={str(conf != 'padded_seq').lower()}",
         f"train.segment_attention={str(conf == 'packed_seg').lower()}",
         "output.save_final=false",
     ]
@@ -386,7 +392,7 @@ def run_trl(spec: dict) -> dict:
         max_length=spec["max_len"],
         packing=conf == "packed",
         packing_strategy="bfd",
-        train_sampling_strategy="group_by_length" if conf == "padded_grouped" else "random",
+        train_sampling_strategy={"padded_grouped": "group_by_length", "padded_seq": "sequential"}.get(conf, "random"),
         gradient_checkpointing=False,
         eval_strategy="no",
         save_strategy="no",
@@ -526,6 +532,7 @@ def summarise(runs: list[dict]) -> dict:
         "tokens": runs[0]["tokens"],
         "trained_tokens": runs[0]["trained_tokens"],
         "steps": runs[0]["steps"],
+        "first_losses": runs[0].get("first_losses"),
         "runs": [
             {k: r.get(k) for k in ("elapsed_s", "peak_rss_mb", "final_loss", "heldout_loss", "cpu_per_wall",
                                    "other_cpu", "attempts")}  # fmt: skip
@@ -741,6 +748,10 @@ def report_case(case: str, dtype: str, runs: dict, peak_gflops: float, targets: 
             f"{m['trl_final_loss']:.4f}; held-out {m['sftlab_heldout_loss']:.4f} vs {m['trl_heldout_loss']:.4f} "
             f"({m['sftlab_heldout_loss'] / m['trl_heldout_loss'] - 1:+.1%})"
         )
+        if m["sftlab_config"].startswith("padded_seq") and m["sftlab_first_losses"] and m["trl_first_losses"]:
+            print("   the same rows in each step, step losses: sftlab "
+                  + " ".join(f"{x:.4f}" for x in m["sftlab_first_losses"]) + " / TRL "
+                  + " ".join(f"{x:.4f}" for x in m["trl_first_losses"]))
     print(flush=True)
     return out
 
@@ -751,7 +762,8 @@ def matched_pairs(summary: dict) -> list[dict]:
 
     def batching(key: str) -> str:
         name, _, micro = key.split(":")[1].partition("@")
-        kind = ("padded" if name.startswith("padded") else "packed") + ("+lora" if "+lora" in name else "")
+        kind = name.partition("+")[0] if name.startswith("padded_seq") else "padded" if name.startswith("padded") else "packed"
+        kind += "+lora" if "+lora" in name else ""
         return kind + "@" + micro  # "+compile" counts as its base
 
     out = []
@@ -774,6 +786,8 @@ def matched_pairs(summary: dict) -> list[dict]:
                 "trl_final_loss": w["final_loss"],
                 "sftlab_heldout_loss": v["heldout_loss"],
                 "trl_heldout_loss": w["heldout_loss"],
+                "sftlab_first_losses": v["first_losses"],
+                "trl_first_losses": w["first_losses"],
             }
         )
     return out

@@ -156,7 +156,7 @@ def test_short_padded_rows_take_matmul_softmax_on_cpu_with_the_same_result(monke
         ref = loss_and_grads(model, batch, drop_padding_mask=True)  # sdpa
         set_impl(model, SEGMENT_ATTENTION)
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable()
         calls.clear()
         got = loss_and_grads(model, batch, drop_padding_mask=True)
         assert calls and set(calls) == {width}  # every layer took the short path (twice with the recompute)

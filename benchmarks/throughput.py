@@ -175,18 +175,29 @@ def chat_pairs(spec: dict, start: int, stop: int) -> list[tuple[str, str]]:
             for r in read_rows(ALPACA, stop)[start:]]  # fmt: skip
 
 
+def messages(user: str, answer: str) -> list[dict]:
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+
+
+def chat_template(spec: dict, tokenizer) -> str | None:
+    """The generation-marked template a chat case trains through (the real model's own, or ChatML for the tiny
+    long case); None for the tiny short case (prompt + completion)."""
+    if spec["real"] or spec["case"] == "long":
+        return generation_template(tokenizer.chat_template if spec["real"] else CHATML)
+    return None
+
+
 def heldout_examples(spec: dict, tokenizer) -> list[tuple[list[int], list[int]]]:
     """The ``HELDOUT`` rows after the training rows, encoded one way for both frameworks: (token ids, labels with
     -100 off the trained part). Chats through the generation-marked template (the assistant turn and its
     ``<|im_end|>``); the tiny short case as prompt + completion + eos. Rows over ``max_len`` are left out."""
     start, stop = spec["rows"], spec["rows"] + HELDOUT
     out = []
-    if spec["real"] or spec["case"] == "long":
-        template = generation_template(tokenizer.chat_template if spec["real"] else CHATML)
+    template = chat_template(spec, tokenizer)
+    if template is not None:
         for user, answer in chat_pairs(spec, start, stop):
-            messages = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-            enc = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True,
-                                                return_assistant_tokens_mask=True)  # fmt: skip
+            enc = tokenizer.apply_chat_template(messages(user, answer), chat_template=template, tokenize=True,
+                                                return_dict=True, return_assistant_tokens_mask=True)  # fmt: skip
             ids = list(enc["input_ids"])
             out.append((ids, [t if m else -100 for t, m in zip(ids, enc["assistant_masks"], strict=True)]))
     else:
@@ -356,26 +367,21 @@ def run_trl(spec: dict) -> dict:
 
     conf, _, extra = spec["config"].split("@")[0].partition("+")
     tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
-    if spec["real"]:
-        rows = [{"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]}
-                for u, a in chat_pairs(spec, 0, spec["rows"])]  # fmt: skip
-        tokenizer.chat_template = generation_template(tokenizer.chat_template)
+    heldout = heldout_examples(spec, tokenizer)  # scored after training
+    template = chat_template(spec, tokenizer)
+    if template is not None:
+        tokenizer.chat_template = template
+        rows = [{"messages": messages(u, a)} for u, a in chat_pairs(spec, 0, spec["rows"])]
+        # sftlab does not train a reply cut by truncation (such a record has no trained token left and is
+        # removed); TRL would train its first part. Leave those rows out here too, so both train the same tokens.
         rows = [r for r in rows if n_tokens(tokenizer, r["messages"]) <= spec["max_len"]]
         loss_kw = {"assistant_only_loss": True}
-    elif spec["case"] == "short":
+    else:
         rows = [
             {"prompt": PROMPT.format(sentence=r["sentence"]), "completion": " " + LABELS[str(r["label"])]}
             for r in read_rows(SST2, spec["rows"])
         ]
         loss_kw = {"completion_only_loss": True}
-    else:
-        rows = [{"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]}
-                for u, a in chat_pairs(spec, 0, spec["rows"])]  # fmt: skip
-        tokenizer.chat_template = generation_template(CHATML)
-        # sftlab does not train a reply cut by truncation (such a record has no trained token left and is
-        # removed); TRL would train its first part. Leave those rows out here too, so both train the same tokens.
-        rows = [r for r in rows if n_tokens(tokenizer, r["messages"]) <= spec["max_len"]]
-        loss_kw = {"assistant_only_loss": True}
     model = load_model(spec)
     args = SFTConfig(
         output_dir=spec["out_dir"],
@@ -425,14 +431,13 @@ def run_trl(spec: dict) -> dict:
         return loss
 
     trainer.training_step = recording_step
-    fresh_tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])  # the template above is generation-marked
     t0, c0 = time.perf_counter(), cpu_seconds()
     trainer.train()
     elapsed, cpu_s = time.perf_counter() - t0, cpu_seconds() - c0
     common = common_result(spec, elapsed, losses, cpu_s)  # peak RSS of the training, before the scoring
     return {
         **common,
-        "heldout_loss": heldout_loss(trainer.model, heldout_examples(spec, fresh_tokenizer)),
+        "heldout_loss": heldout_loss(trainer.model, heldout),
         "tokens": tokens[0],
         "trained_tokens": trained[0],
         "optim": str(args.optim),
@@ -762,7 +767,8 @@ def matched_pairs(summary: dict) -> list[dict]:
 
     def batching(key: str) -> str:
         name, _, micro = key.split(":")[1].partition("@")
-        kind = name.partition("+")[0] if name.startswith("padded_seq") else "padded" if name.startswith("padded") else "packed"
+        base = name.partition("+")[0]
+        kind = base if base == "padded_seq" else "padded" if base.startswith("padded") else "packed"
         kind += "+lora" if "+lora" in name else ""
         return kind + "@" + micro  # "+compile" counts as its base
 

@@ -55,7 +55,9 @@ def test_freed_memory_is_reused_without_page_faults_within_the_block():
     with keep_freed_memory(torch.device("cpu")) as kept:
         assert kept
         activations()
-        assert minor_faults(activations) < 1000 and minor_faults(activations) < 1000  # the same pages again
+        # the same pages again; the median of 5, as a heap fragmented by earlier work can map a few MB once more
+        faults = sorted(minor_faults(activations) for _ in range(5))
+        assert faults[2] < 1000, faults
     # the control: leaving the block gives the memory back, so the same work maps (and faults) it in again
     assert minor_faults(activations) > 6000
     with keep_freed_memory(torch.device("meta")) as kept:

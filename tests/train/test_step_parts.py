@@ -1,5 +1,5 @@
-"""Two parts of a step made cheaper without changing results: gradient clipping that leaves gradients within the
-limit untouched (train/backends/base.py), and freed memory kept in the process on CPU (train/allocator.py)."""
+"""Parts of a step: gradient clipping that leaves gradients within the limit untouched (train/backends/base.py),
+freed memory kept in the process on CPU (train/allocator.py), and the model prepared for training (train/loop.py)."""
 
 from __future__ import annotations
 
@@ -62,3 +62,18 @@ def test_freed_memory_is_reused_without_page_faults_within_the_block():
     assert minor_faults(activations) > 6000
     with keep_freed_memory(torch.device("meta")) as kept:
         assert not kept  # only CPU training
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_prepare_model_turns_on_activation_checkpointing_without_deprecation_warning(checkpointing):
+    import warnings
+
+    from sftlab.config import load_config
+    from sftlab.train.loop import prepare_model
+
+    lm = build_tiny_llama(64, seed=0)
+    cfg = load_config(None, [f"model.gradient_checkpointing={str(checkpointing).lower()}"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # transformers' deprecated gradient_checkpointing_enable
+        assert prepare_model(lm, cfg, torch.device("cpu"))  # sdpa on CPU: sftlab's attention
+    assert lm.is_activation_checkpointing == checkpointing and lm.training

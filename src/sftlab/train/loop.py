@@ -159,7 +159,11 @@ def prepare_model(lm, cfg: Config, device: torch.device) -> bool:
     model goes back to sdpa)."""
     t = cfg.train
     if cfg.model.gradient_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(lm, "activation_checkpointing_enable", None)  # transformers' name since 5.x; older: gradient_
+        if enable is not None:
+            enable({"use_reentrant": False})
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     switch = lm.config._attn_implementation == "sdpa" and (
         (cfg.data.packing and t.segment_attention) or torch.device(device).type == "cpu"
     )

@@ -90,7 +90,7 @@ def test_kill_while_writing_checkpoint_uses_previous(tmp_path):
     assert_identical(tmp_path / "straight", out, after_step=4)
 
 
-def test_corrupted_checkpoint_is_ignored(tmp_path):
+def test_corrupted_checkpoint_is_ignored(tmp_path, capsys, caplog):
     out = tmp_path / "run"
     run(out, "train.save_every_steps=2", "train.max_steps=6", "train.keep_last=5")
     ck = out / "checkpoints"
@@ -99,7 +99,13 @@ def test_corrupted_checkpoint_is_ignored(tmp_path):
         f.seek(200)
         f.write(b"\x00\x01\x02")
     assert not is_valid(ck / "step-000004")
+    capsys.readouterr()
     assert find_latest_valid(ck).name == "step-000002"
+    out_, err = capsys.readouterr()
+    said = [line for line in (out_ + err).splitlines() if "step-000004" in line]
+    assert said == [f"warning: ignoring checkpoint {ck / 'step-000004'}: fails verification (manifest missing or a "
+                    "file's sha256 differs: damaged or half-written)"]  # once, not also as a log record
+    assert not [r for r in caplog.records if "step-000004" in r.getMessage()]
 
 
 def test_nan_at_one_step_is_skipped_and_reported(tmp_path):

@@ -21,7 +21,6 @@ with no batch replayed or skipped one by one.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import shutil
@@ -33,8 +32,6 @@ import torch
 from sftlab.console import warn
 from sftlab.files import sha256_file
 from sftlab.train.zero import DS_CHECKPOINT_TAG
-
-log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
@@ -136,8 +133,8 @@ def find_latest_valid(root: Path) -> Path | None:
             continue
         if is_valid(c):
             return c
-        log.warning("ignoring checkpoint %s: manifest missing or checksum mismatch (half-written?)", c)
-        warn(f"ignoring invalid checkpoint {c} (manifest missing or checksum mismatch)")
+        warn(f"ignoring checkpoint {c}: fails verification (manifest missing or a file's sha256 differs: damaged "
+             "or half-written)")
     return None
 
 

@@ -96,3 +96,27 @@ def test_lora_init_is_decided_by_train_seed_alone(tmp_path, tiny_tokenizer):
     a, b, c = lora_a(0, 3), lora_a(0, 17), lora_a(1, 3)
     assert a and all(torch.equal(a[n], b[n]) for n in a)
     assert not all(torch.equal(a[n], c[n]) for n in a)
+
+
+def test_peft_wrapping_hides_only_the_renamed_property_warning(tmp_path, tiny_tokenizer):
+    import warnings
+
+    import pytest
+
+    from sftlab.model.adapters import peft_wrapping
+    from sftlab.model.load import attach_adapter
+
+    model = build_tiny_llama(len(tiny_tokenizer), seed=0)
+    if not hasattr(model, "is_activation_checkpointing"):
+        pytest.skip("this transformers has no is_activation_checkpointing: nothing is deprecated")
+    with pytest.warns(FutureWarning, match="is_gradient_checkpointing"):  # the control: it does warn outside
+        model.is_gradient_checkpointing  # noqa: B018
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        with peft_wrapping():
+            model.is_gradient_checkpointing  # noqa: B018
+        wrapped = apply_lora(model, LoraConfig(enabled=True, r=4, alpha=8))
+        wrapped.save_pretrained(tmp_path / "adapter")
+        attach_adapter(build_tiny_llama(len(tiny_tokenizer), seed=0), tmp_path / "adapter")
+    with pytest.warns(FutureWarning, match="something else"), peft_wrapping():
+        warnings.warn("something else", FutureWarning, stacklevel=1)  # other warnings still show

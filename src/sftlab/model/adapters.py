@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
+
 from sftlab.config import ConfigError, LoraConfig
+
+
+@contextlib.contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """peft wrapping a transformers model, without transformers' deprecation warning for the property peft reads
+    (``is_gradient_checkpointing``, renamed ``is_activation_checkpointing``): a note between the two libraries that
+    nobody running sftlab can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def apply_lora(model, cfg: LoraConfig):
@@ -23,7 +37,8 @@ def apply_lora(model, cfg: LoraConfig):
             modules_to_save=list(cfg.modules_to_save) or None,
             task_type="CAUSAL_LM",
         )
-        return get_peft_model(model, peft_cfg)
+        with peft_wrapping():
+            return get_peft_model(model, peft_cfg)
     except ValueError as e:
         raise ConfigError(f"lora: {e}") from None
 

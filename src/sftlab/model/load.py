@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from sftlab.config import ConfigError, ModelConfig
+from sftlab.model.adapters import peft_wrapping
 from sftlab.model.gguf import gguf_path, load_gguf_model, load_gguf_tokenizer
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,8 @@ def attach_adapter(base_model, adapter_dir, base_name: str = ""):
     from peft import PeftModel
 
     try:
-        return PeftModel.from_pretrained(base_model, str(adapter_dir))
+        with peft_wrapping():
+            return PeftModel.from_pretrained(base_model, str(adapter_dir))
     except RuntimeError as e:
         if "size mismatch" not in str(e):
             raise

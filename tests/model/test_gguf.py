@@ -4,11 +4,13 @@ loader (same logits), trained from ``model.name_or_path: x.gguf``, and a LoRA ru
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from sftlab.config import ConfigError, load_config
@@ -135,8 +137,12 @@ def test_lora_run_on_gguf_base_exports_merged_gguf(tmp_path, tiny_tokenizer):
     from sftlab.model.export import export_gguf
 
     path = write_gguf(models(tiny_tokenizer)["llama"], tiny_tokenizer, tmp_path / "base.gguf", quant="f32")
-    summary = gguf_run(tmp_path, path, "lora.enabled=true", "lora.r=4", "lora.dropout=0", "train.lr=5e-2")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = gguf_run(tmp_path, path, "lora.enabled=true", "lora.r=4", "lora.dropout=0", "train.lr=5e-2")
+    assert not [w for w in caught if "config file" in str(w.message)]  # peft asked nothing of the .gguf base
     final = Path(summary["final_dir"])
+    assert all("lora_" in k for k in load_file(final / "adapter_model.safetensors"))  # no base embeddings
     assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == str(path)
     out = export_gguf(tmp_path / "run", tmp_path / "merged.gguf", quant="f32")
     merged, tok = load_for_inference(final)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sftlab.config import Config, ConfigError, to_dict
 from sftlab.console import say, show, warn
+from sftlab.model.adapters import is_peft_model
 from sftlab.train.runtime import WRITE_ERRORS, TrainingStopped, write_problem
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,12 @@ def _write_final(model, tokenizer, tmp: Path, state_dict: dict | None) -> None:
         eos = sorted(set(eos) | set(gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]))
     gen.eos_token_id = eos[0] if len(eos) == 1 else (eos or None)
     gen.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
+    options = {"state_dict": state_dict} if state_dict is not None else {}
+    if is_peft_model(model):
+        # sftlab never resizes the vocabulary, so the base's embedding matrices are not the adapter's to carry;
+        # peft's "auto" would look the base's config.json up on the hub (and warn for a .gguf base) to find out
+        options["save_embedding_layers"] = False
+    model.save_pretrained(tmp, **options)
     Faults().during_final()
     tokenizer.save_pretrained(tmp)
 

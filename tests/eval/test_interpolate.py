@@ -3,6 +3,7 @@ plot; ``sftlab interpolate`` and ``sftlab sweep`` end to end on tiny models."""
 
 from __future__ import annotations
 
+import copy
 import doctest
 import importlib
 import json
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from sftlab.cli import main
-from sftlab.eval.interpolate import interpolate_into, load_tuned
+from sftlab.eval.interpolate import interpolate_into, load_tuned, untie_like
 from sftlab.eval.tradeoff import pareto_front
 from sftlab.model.tiny import build_tiny_llama
 
@@ -48,20 +49,25 @@ def test_alpha_0_and_1_give_base_and_tuned_logits_exactly():
         torch.testing.assert_close(p, (pb + pt) / 2, rtol=0, atol=1e-7, msg=n)
 
 
-def test_lora_is_merged_then_interpolated(tmp_path):
+@pytest.mark.parametrize("target", [("q_proj", "v_proj"), ("embed_tokens", "q_proj")])  # the second: a tied matrix
+def test_lora_is_merged_then_interpolated(tmp_path, target):
     from sftlab.config import LoraConfig
-    from sftlab.model.adapters import apply_lora
+    from sftlab.model.adapters import apply_lora, tied_embeddings
 
     base = build_tiny_llama(VOCAB, seed=0)
-    base.save_pretrained(tmp_path / "base")
-    peft_model = apply_lora(build_tiny_llama(VOCAB, seed=0), LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0))
+    peft_model = apply_lora(build_tiny_llama(VOCAB, seed=0),
+                            LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0, target_modules=target))
     with torch.no_grad():  # B starts at zero: give the adapter a non-zero delta
         for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
+            if "lora_B" in n or "lora_embedding_B" in n:
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(2))
     peft_model.save_pretrained(tmp_path / "adapter")
     tuned = load_tuned(tmp_path / "adapter", base)
-    work = build_tiny_llama(VOCAB, seed=3)
+    base_logits = logits(base, IDS)
+    untie_like(base, tuned)
+    assert tied_embeddings(base) == tied_embeddings(tuned) == ("embed_tokens" not in target)
+    torch.testing.assert_close(logits(base, IDS), base_logits, rtol=0, atol=0)  # untied, it computes the same
+    work = perturbed(copy.deepcopy(base), seed=3)
     # alpha 1 is the merged model exactly; it matches the unmerged adapter up to float rounding of the merge
     torch.testing.assert_close(
         logits(interpolate_into(work, base, tuned, 1.0), IDS), logits(tuned, IDS), rtol=0, atol=0

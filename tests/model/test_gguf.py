@@ -132,24 +132,29 @@ def test_gguf_file_as_model_trains_and_saves_safetensors(tmp_path, tiny_tokenize
     assert AutoTokenizer.from_pretrained(final).chat_template == tiny_tokenizer.chat_template
 
 
-def test_lora_run_on_gguf_base_exports_merged_gguf(tmp_path, tiny_tokenizer):
+@pytest.mark.parametrize("target", ["all-linear", "[embed_tokens,q_proj]"])  # the second: LoRA on a tied matrix
+def test_lora_run_on_gguf_base_exports_merged_gguf(tmp_path, tiny_tokenizer, target):
     from sftlab.generate import load_for_inference
+    from sftlab.model.adapters import merge_lora
     from sftlab.model.export import export_gguf
 
     path = write_gguf(models(tiny_tokenizer)["llama"], tiny_tokenizer, tmp_path / "base.gguf", quant="f32")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summary = gguf_run(tmp_path, path, "lora.enabled=true", "lora.r=4", "lora.dropout=0", "train.lr=5e-2")
+        summary = gguf_run(tmp_path, path, "lora.enabled=true", "lora.r=4", "lora.dropout=0", "train.lr=5e-2",
+                           f"lora.target_modules={target}")
     assert not [w for w in caught if "config file" in str(w.message)]  # peft asked nothing of the .gguf base
     final = Path(summary["final_dir"])
     assert all("lora_" in k for k in load_file(final / "adapter_model.safetensors"))  # no base embeddings
     assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == str(path)
     out = export_gguf(tmp_path / "run", tmp_path / "merged.gguf", quant="f32")
-    merged, tok = load_for_inference(final)
-    merged = merged.merge_and_unload()
+    adapter, tok = load_for_inference(final)
     ids = torch.tensor([tok("What is 3 + 3?")["input_ids"]])
     with torch.no_grad():
-        ref = merged(ids).logits
+        trained = adapter(ids).logits
+        ref = merge_lora(adapter)(ids).logits
+    assert (ref - trained).abs().max().item() < 1e-4  # merged, it is the model that was trained
+    with torch.no_grad():
         base = load_gguf_model(path)(ids).logits
     assert (ref - base).abs().max().item() > 1e-4  # the adapter changed the model ...
     assert (hf_gguf_logits(out, ids) - ref).abs().max().item() < 1e-4  # ... and the file holds the merged one

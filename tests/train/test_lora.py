@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 from datasets import Dataset
 
@@ -101,8 +102,6 @@ def test_lora_init_is_decided_by_train_seed_alone(tmp_path, tiny_tokenizer):
 def test_peft_wrapping_hides_only_the_renamed_property_warning(tmp_path, tiny_tokenizer):
     import warnings
 
-    import pytest
-
     from sftlab.model.adapters import peft_wrapping
     from sftlab.model.load import attach_adapter
 
@@ -120,3 +119,51 @@ def test_peft_wrapping_hides_only_the_renamed_property_warning(tmp_path, tiny_to
         attach_adapter(build_tiny_llama(len(tiny_tokenizer), seed=0), tmp_path / "adapter")
     with pytest.warns(FutureWarning, match="something else"), peft_wrapping():
         warnings.warn("something else", FutureWarning, stacklevel=1)  # other warnings still show
+
+
+@pytest.mark.parametrize("extra", [{"modules_to_save": ("embed_tokens",)}, {"target_modules": ("embed_tokens", "q_proj")}])
+def test_saved_adapter_with_embeddings_reloads_equal_without_the_base_matrix(tmp_path, tiny_tokenizer, extra):
+    from safetensors.torch import load_file
+
+    from sftlab.model.load import attach_adapter
+
+    vocab = len(tiny_tokenizer)
+    model = apply_lora(build_tiny_llama(vocab, seed=0), LoraConfig(enabled=True, r=4, alpha=8, dropout=0, **extra))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)  # as training would move them
+    final = save_final(model.eval(), tiny_tokenizer, tmp_path / "final")
+    keys = set(load_file(final / "adapter_model.safetensors"))
+    assert not any("base_layer" in k for k in keys)  # the unchanged base embedding stays with the base
+    assert any("embed_tokens" in k for k in keys)  # what was trained of it is saved
+    loaded = attach_adapter(build_tiny_llama(vocab, seed=0), final).eval()
+    x = torch.tensor([[5, 17, 33, 8, 99, 120]])
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=x).logits, model(input_ids=x).logits)
+
+
+@pytest.mark.parametrize(("target", "untied"), [(("embed_tokens", "q_proj"), True), (("lm_head", "q_proj"), True),
+                                               (("q_proj",), False)])  # the control: a tied model stays tied
+def test_merging_lora_on_a_tied_embedding_keeps_the_trained_model(tmp_path, tiny_tokenizer, target, untied):
+    from transformers import AutoModelForCausalLM
+
+    from sftlab.model.adapters import merge_lora, tied_embeddings
+
+    vocab = len(tiny_tokenizer)
+    model = apply_lora(build_tiny_llama(vocab, seed=0), LoraConfig(enabled=True, r=4, alpha=8, dropout=0,
+                                                                    target_modules=target))
+    assert tied_embeddings(model.get_base_model())
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    x = torch.tensor([[5, 17, 33, 8, 99, 120]])
+    with torch.no_grad():
+        ref = model.eval()(input_ids=x).logits
+        merged = merge_lora(model)
+        assert tied_embeddings(merged) != untied and merged.config.tie_word_embeddings != untied
+        torch.testing.assert_close(merged(input_ids=x).logits, ref, rtol=0, atol=1e-5)
+        merged.save_pretrained(tmp_path / "merged")
+        again = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+        torch.testing.assert_close(again(input_ids=x).logits, ref, rtol=0, atol=1e-5)

@@ -19,6 +19,7 @@ import torch
 
 from sftlab.config import ConfigError, EvalConfig
 from sftlab.console import say
+from sftlab.model.adapters import merge_lora, tied_embeddings, untie_embeddings
 
 
 def load_tuned(tuned_dir: str | Path, base_model, dtype: str = "float32"):
@@ -31,9 +32,16 @@ def load_tuned(tuned_dir: str | Path, base_model, dtype: str = "float32"):
     if (tuned_dir / "adapter_config.json").is_file():
         from sftlab.model.load import attach_adapter
 
-        merged = attach_adapter(copy.deepcopy(base_model), tuned_dir, "--base").merge_and_unload()
+        merged = merge_lora(attach_adapter(copy.deepcopy(base_model), tuned_dir, "--base"))
         return merged.eval()
     return load_model_and_tokenizer(str(tuned_dir), dtype)[0]
+
+
+def untie_like(base, tuned) -> None:
+    """Untie ``base``'s input embedding and LM head where ``tuned`` has them apart (a merged adapter that changed one
+    of the two): ``base`` computes the same, and its LM head is interpolated on its own."""
+    if tied_embeddings(base) and not tied_embeddings(tuned):
+        untie_embeddings(base)
 
 
 def check_same_shape(base, tuned) -> None:
@@ -102,6 +110,7 @@ def run_interpolation(
     out_dir = Path(out_dir)
     base, base_tok = load_model_and_tokenizer(str(base_dir))
     tuned = load_tuned(tuned_dir, base)
+    untie_like(base, tuned)
     check_same_shape(base, tuned)
     tok = base_tok
     if (Path(tuned_dir) / "tokenizer_config.json").is_file():

@@ -6,6 +6,8 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 
+import torch
+
 from sftlab.config import ConfigError, LoraConfig
 
 
@@ -49,3 +51,37 @@ def is_peft_model(model) -> bool:
     except ImportError:
         return False
     return isinstance(model, PeftModel)
+
+
+def _own_layer(module):
+    """The plain layer under a peft adapter layer (``module`` itself when it has none)."""
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
+def tied_embeddings(model) -> bool:
+    """Whether ``model``'s input embedding and LM head share one weight matrix (adapter layers looked through)."""
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    return inp is not None and out is not None and _own_layer(inp).weight is _own_layer(out).weight
+
+
+def untie_embeddings(model) -> None:
+    """Give the LM head its own copy of the tied embedding matrix and say so in the config: the model computes the
+    same, and the two can now differ (a merged adapter that changed one of them)."""
+    head = _own_layer(model.get_output_embeddings())
+    head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+    configs = [model.config, model.config.get_text_config()]
+    for config in [c for i, c in enumerate(configs) if all(c is not d for d in configs[:i])]:
+        config.tie_word_embeddings = False
+
+
+def merge_lora(model):
+    """``merge_and_unload`` of a peft model. A LoRA layer on a tied input embedding or LM head trains a change to
+    that one alone; merged into the shared matrix it would change the other too (another model than the one
+    trained and scored), so the two are untied first."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    base = model.get_base_model()
+    ends = [base.get_input_embeddings(), base.get_output_embeddings()]
+    if any(isinstance(m, BaseTunerLayer) for m in ends) and tied_embeddings(base):
+        untie_embeddings(base)
+    return model.merge_and_unload()

@@ -22,11 +22,12 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | None
     """Load base + adapter with plain transformers / peft, merge, save a plain model (and tokenizer)."""
     from transformers import AutoTokenizer
 
+    from sftlab.model.adapters import merge_lora
     from sftlab.model.load import load_adapter_model
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     base = base or read_adapter_base(adapter_dir)
-    model = load_adapter_model(adapter_dir, base).merge_and_unload()
+    model = merge_lora(load_adapter_model(adapter_dir, base))
     tok_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     out_dir.mkdir(parents=True, exist_ok=True)

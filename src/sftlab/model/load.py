@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from sftlab.config import ConfigError, ModelConfig
-from sftlab.model.adapters import peft_wrapping
+from sftlab.model.adapters import merge_lora, peft_wrapping
 from sftlab.model.gguf import gguf_path, load_gguf_model, load_gguf_tokenizer
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def load_for_inference(
     if (path / "adapter_config.json").is_file():
         model = load_adapter_model(path, trust_remote_code=trust_remote_code)
         if merge_adapter:
-            model = model.merge_and_unload()
+            model = merge_lora(model)
     else:
         model = load_model(cfg, tokenizer)
     if device is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sftlab.config import Config, ConfigError, to_dict
 from sftlab.console import say, show, warn
-from sftlab.model.adapters import is_peft_model
+from sftlab.model.adapters import is_peft_model, merge_lora
 from sftlab.train.runtime import WRITE_ERRORS, TrainingStopped, write_problem
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def save_run_model(cfg: Config, accelerator, backend, model, tokenizer, out: Pat
     if cfg.lora.enabled and cfg.lora.merge_on_save and backend.sharded:
         warn(f"lora.merge_on_save is skipped under {backend.name}; run: sftlab merge --adapter {final_dir}")
     elif cfg.lora.enabled and cfg.lora.merge_on_save:
-        save_final(model.merge_and_unload(), tokenizer, out / "merged")
+        save_final(merge_lora(model), tokenizer, out / "merged")
     return final_dir
 
 
@@ -255,7 +255,7 @@ def write_run_scorecard(cfg: Config, model, tokenizer, out: Path, progress: bool
     from sftlab.model.load import load_model, load_tokenizer
 
     if hasattr(model, "merge_and_unload") and not getattr(model, "is_loaded_in_4bit", False):
-        model = model.merge_and_unload()  # the run's last use of the model: score the adapter merged (faster)
+        model = merge_lora(model)  # the run's last use of the model: score the adapter merged (faster)
     base = base_tok = None
     if cfg.eval.compare_base and cfg.model.from_scratch is None:
         base_tok = load_tokenizer(cfg.model)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sftlab.model.tiny import build_tiny_llama
-from sftlab.train.attention import SEGMENT_ATTENTION, register_segment_attention
+from sftlab.train.attention import SEGMENT_ATTENTION, SFTLAB_ATTENTION, register_segment_attention
 from sftlab.train.batches import collate_packed, collate_padded, pack_bfd
 from sftlab.train.loss import forward_loss_sum
 
@@ -49,7 +49,7 @@ def alone(model, exs):
 
 
 def set_impl(model, impl):
-    if impl == SEGMENT_ATTENTION:
+    if impl in (SEGMENT_ATTENTION, SFTLAB_ATTENTION):
         register_segment_attention()
     model.set_attn_implementation(impl)
 
@@ -61,7 +61,7 @@ def assert_same(a, b):
         torch.testing.assert_close(a[2][k], b[2][k], rtol=1e-4, atol=1e-5, msg=k)
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "eager", SEGMENT_ATTENTION])
+@pytest.mark.parametrize("impl", ["sdpa", "eager", SEGMENT_ATTENTION, SFTLAB_ATTENTION])
 def test_packed_equals_each_sequence_alone(impl):
     model = build_tiny_llama(VOCAB, seed=3)
     exs = examples()
@@ -169,3 +169,49 @@ def test_short_padded_rows_take_matmul_softmax_on_cpu_with_the_same_result(monke
         loss_and_grads(model, batch, drop_padding_mask=True)
         assert not calls
         monkeypatch.setattr(attention, "MATH_MAX_LEN", 192)
+
+
+def tiny_mistral(window):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(3)
+    cfg = MistralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, sliding_window=window,
+                        max_position_embeddings=64, attn_implementation="sdpa")  # fmt: skip
+    return MistralForCausalLM(cfg)
+
+
+@pytest.mark.parametrize("impl", [SEGMENT_ATTENTION, SFTLAB_ATTENTION])
+@pytest.mark.parametrize("packed", [True, False])
+def test_a_sliding_window_shorter_than_the_row_is_kept(impl, packed):
+    """Mistral's window of 4 tokens: sftlab's attention leaves such layers to sdpa and transformers' mask, packed
+    (block-diagonal and windowed) or padded; the control: the same weights without the window give another loss."""
+    exs = examples(seed=4)
+    if packed:
+        batch = collate_packed([[exs[i] for i in b] for b in pack_bfd([len(e["input_ids"]) for e in exs], 48)], 0)
+    else:
+        batch = collate_padded(exs, pad_id=0)
+    kw = {} if packed else {"drop_padding_mask": True}
+    model = tiny_mistral(4)
+    ref = loss_and_grads(model, batch, **kw)  # sdpa
+    unwindowed = tiny_mistral(None)
+    assert abs(loss_and_grads(unwindowed, batch, **kw)[0] - ref[0]) > 1e-3 * abs(ref[0])  # the window matters here
+    set_impl(model, impl)
+    assert_same(loss_and_grads(model, batch, **kw), ref)
+
+
+def test_an_additive_position_bias_goes_to_sdpa():
+    """A layer that passes ``position_bias`` (added to the scores by ``sdpa``) gets sdpa, not the short-row path."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from sftlab.train.attention import segment_attention_forward
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 10, 8, generator=g) for _ in range(3))
+    bias = torch.randn(1, 4, 10, 10, generator=g)
+    module = SimpleNamespace(is_causal=True, training=False, num_key_value_groups=1)
+    ref = sdpa_attention_forward(module, q, k, v, None, position_bias=bias)[0]
+    torch.testing.assert_close(segment_attention_forward(module, q, k, v, None, position_bias=bias)[0], ref)
+    assert not torch.allclose(segment_attention_forward(module, q, k, v, None)[0], ref, atol=1e-3)  # the control

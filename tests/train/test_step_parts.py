@@ -77,3 +77,19 @@ def test_prepare_model_turns_on_activation_checkpointing_without_deprecation_war
         warnings.simplefilter("error", FutureWarning)  # transformers' deprecated gradient_checkpointing_enable
         assert prepare_model(lm, cfg, torch.device("cpu"))  # sdpa on CPU: sftlab's attention
     assert lm.is_activation_checkpointing == checkpointing and lm.training
+
+
+@pytest.mark.parametrize(("sets", "device", "impl"), [
+    ([], "cpu", "sftlab_sdpa"),  # short rows on CPU
+    (["data.packing=true"], "cpu", "sftlab_sdpa"),  # packed rows keep transformers' block mask ...
+    (["data.packing=true", "train.segment_attention=true"], "cpu", "sftlab_sdpa_segments"),  # ... unless asked
+    (["data.packing=true", "train.segment_attention=true"], "meta", "sftlab_sdpa_segments"),
+    ([], "meta", "sdpa"),  # off CPU, without segment attention: plain sdpa
+])
+def test_prepare_model_picks_the_attention(sets, device, impl):
+    from sftlab.config import load_config
+    from sftlab.train.loop import prepare_model
+
+    lm = build_tiny_llama(64, seed=0)
+    assert prepare_model(lm, load_config(None, sets), torch.device(device)) == (impl != "sdpa")
+    assert lm.config._attn_implementation == impl

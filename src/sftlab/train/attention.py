@@ -14,9 +14,11 @@
   of one layer: 2.4 ms at 75 tokens vs 6.3 (SDPA's math kernel) and 12.9 (flash); ~12 vs ~19 ms (flash) at 128
   and 144, ~20 vs ~27 at 176; from 192 tokens flash is as fast or faster (benchmarks/README.md).
 
-Everything else (masks, dropout, a KV cache, GPUs) is plain ``sdpa``. ``train()`` switches an ``sdpa`` model to
-this implementation on CPU or for segment attention, and back to ``sdpa`` when it ends. The choice is made per
-call inside the model, so the recompute of activation checkpointing takes the same path.
+Everything else (masks, dropout, a KV cache, GPUs, a sliding window shorter than the row, an additive position bias)
+is plain ``sdpa``, with the mask transformers built. ``train()`` switches an ``sdpa`` model to ``SEGMENT_ATTENTION``
+for segment attention, else on CPU to ``SFTLAB_ATTENTION`` (short rows only: packed rows keep transformers'
+block mask), and back to ``sdpa`` when it ends. The choice is made per call inside the model, so the recompute of
+activation checkpointing takes the same path.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-SEGMENT_ATTENTION = "sftlab_sdpa_segments"
+SEGMENT_ATTENTION = "sftlab_sdpa_segments"  # packed rows attend per segment (LossHead passes the segments)
+SFTLAB_ATTENTION = "sftlab_sdpa"  # the same function without segments: short causal rows on CPU, else sdpa
 MATH_MAX_LEN = 176  # causal attention up to this long on CPU: matmul + softmax; longer: SDPA's kernels
 _registered = False
 
@@ -42,7 +45,9 @@ def segment_attention_forward(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     segments = kwargs.pop("sftlab_segments", None)
-    if segments is None and _short_causal(module, query, key, attention_mask, dropout, is_causal):
+    if _changes_scores(kwargs, query.shape[2]):
+        segments = None  # sdpa with transformers' mask (packed rows: block-diagonal, within the window)
+    elif segments is None and _short_causal(module, query, key, attention_mask, dropout, is_causal):
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         return _causal_math(query, key, value, scale).transpose(1, 2).contiguous(), None
     if segments is None:
@@ -149,6 +154,13 @@ def _select(x: torch.Tensor, index: torch.Tensor, src: torch.Tensor, dst: torch.
     return _Select.apply(x, index, src, dst) if torch.is_grad_enabled() and x.requires_grad else x[index]
 
 
+def _changes_scores(kwargs: dict, n: int) -> bool:
+    """Whether the layer asks for more than causal attention within a sequence: a sliding window shorter than the
+    row (the mask holds it; Mistral, Gemma 3) or an additive position bias (what ``sdpa`` adds to the scores)."""
+    window = kwargs.get("sliding_window")
+    return kwargs.get("position_bias") is not None or (window is not None and window < n)
+
+
 def _short_causal(module, query, key, attention_mask, dropout: float, is_causal: bool | None) -> bool:
     """Plain causal self-attention (no mask, no cache prefix, no dropout) over a few tokens, on CPU."""
     n = query.shape[2]
@@ -195,15 +207,17 @@ def _attend_segments(query, key, value, seg: SegmentIndex, dropout: float, scali
 
 
 def register_segment_attention() -> None:
-    """Make ``SEGMENT_ATTENTION`` a valid ``attn_implementation`` (masks as for ``sdpa``)."""
+    """Make ``SEGMENT_ATTENTION`` and ``SFTLAB_ATTENTION`` valid ``attn_implementation`` names (masks as for
+    ``sdpa``)."""
     global _registered
     if _registered:
         return
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(SEGMENT_ATTENTION, segment_attention_forward)
-    AttentionMaskInterface.register(SEGMENT_ATTENTION, sdpa_mask)
+    for name in (SEGMENT_ATTENTION, SFTLAB_ATTENTION):
+        AttentionInterface.register(name, segment_attention_forward)
+        AttentionMaskInterface.register(name, sdpa_mask)
     _registered = True
 
 

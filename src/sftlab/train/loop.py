@@ -20,7 +20,7 @@ from sftlab.console import say, warn
 from sftlab.data.types import count_trained
 from sftlab.model.load import pad_id_of
 from sftlab.train.allocator import keep_freed_memory
-from sftlab.train.attention import SEGMENT_ATTENTION, register_segment_attention
+from sftlab.train.attention import SEGMENT_ATTENTION, SFTLAB_ATTENTION, register_segment_attention
 from sftlab.train.backends import Backend, select_backend
 from sftlab.train.batches import collate_padded
 from sftlab.train.checkpoint import find_latest_valid, prune_checkpoints
@@ -164,12 +164,11 @@ def prepare_model(lm, cfg: Config, device: torch.device) -> bool:
             enable({"use_reentrant": False})
         else:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    switch = lm.config._attn_implementation == "sdpa" and (
-        (cfg.data.packing and t.segment_attention) or torch.device(device).type == "cpu"
-    )
+    segments = cfg.data.packing and t.segment_attention
+    switch = lm.config._attn_implementation == "sdpa" and (segments or torch.device(device).type == "cpu")
     if switch:
         register_segment_attention()
-        lm.set_attn_implementation(SEGMENT_ATTENTION)
+        lm.set_attn_implementation(SEGMENT_ATTENTION if segments else SFTLAB_ATTENTION)
     if t.compile:
         compile_layers(lm)
     lm.train()

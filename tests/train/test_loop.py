@@ -153,3 +153,24 @@ def test_split_truncation_equals_training_on_the_pieces(tmp_path, packing):
     assert split.split_sequences == sum(n > width for n in data["length"])
     assert split.trained_tokens == ref.trained_tokens and split.tokens == ref.tokens
     assert split.losses[0] == pytest.approx(ref.losses[0], rel=1e-5)
+
+
+def test_the_model_is_sdpa_again_after_training_ends_or_stops(tmp_path, monkeypatch):
+    from sftlab.train import loop
+    from sftlab.train.runtime import TrainingStopped
+
+    model, _ = run(tmp_path / "done", ["train.max_steps=1"])
+    assert model.config._attn_implementation == "sdpa"
+    monkeypatch.setenv("SFTLAB_FAULTS", "nan_every_step")
+    model = build_tiny_llama(VOCAB, seed=0)
+    seen, plain = [], loop.forward_loss_sum
+
+    def spy(head, *args, **kwargs):
+        seen.append(model.config._attn_implementation)
+        return plain(head, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "forward_loss_sum", spy)
+    with pytest.raises(TrainingStopped):
+        run(tmp_path / "stopped", ["train.max_steps=4", "train.max_skipped_steps=2"], model=model)
+    assert seen and set(seen) == {"sftlab_sdpa"}  # trained on sftlab's attention (CPU) ...
+    assert model.config._attn_implementation == "sdpa"  # ... and handed back on sdpa, though it stopped

@@ -17,12 +17,14 @@
 Everything else (masks, dropout, a KV cache, GPUs, a sliding window shorter than the row, an additive position bias)
 is plain ``sdpa``, with the mask transformers built. ``train()`` switches an ``sdpa`` model to ``SEGMENT_ATTENTION``
 for segment attention, else on CPU to ``SFTLAB_ATTENTION`` (short rows only: packed rows keep transformers'
-block mask), and back to ``sdpa`` when it ends. The choice is made per call inside the model, so the recompute of
-activation checkpointing takes the same path.
+block mask), and back to ``sdpa`` when it ends or stops (``back_to_sdpa``). The choice is made per call inside
+the model, so the recompute of activation checkpointing takes the same path.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -204,6 +206,17 @@ def _attend_segments(query, key, value, seg: SegmentIndex, dropout: float, scali
         return outs[0].view(b, t, hq, d)
     out = torch.cat(outs)
     return _select(out, seg.order, seg.order, torch.arange(len(seg.order), device=query.device)).view(b, t, hq, d)
+
+
+@contextlib.contextmanager
+def back_to_sdpa(model, switched: bool) -> Iterator[None]:
+    """On leaving the block, however it is left, a ``model`` switched to sftlab's attention is ``sdpa`` again
+    (what the saved model and any later use of it get)."""
+    try:
+        yield
+    finally:
+        if switched:
+            model.set_attn_implementation("sdpa")
 
 
 def register_segment_attention() -> None:

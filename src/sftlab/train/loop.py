@@ -20,7 +20,7 @@ from sftlab.console import say, warn
 from sftlab.data.types import count_trained
 from sftlab.model.load import pad_id_of
 from sftlab.train.allocator import keep_freed_memory
-from sftlab.train.attention import SEGMENT_ATTENTION, SFTLAB_ATTENTION, register_segment_attention
+from sftlab.train.attention import SEGMENT_ATTENTION, SFTLAB_ATTENTION, back_to_sdpa, register_segment_attention
 from sftlab.train.backends import Backend, select_backend
 from sftlab.train.batches import collate_padded
 from sftlab.train.checkpoint import find_latest_valid, prune_checkpoints
@@ -291,7 +291,7 @@ def train(
         accelerator = build_accelerator(t.precision, t)
     set_seed(t.seed)
     lm = model
-    segment_attention = prepare_model(lm, cfg, accelerator.device)
+    switched = prepare_model(lm, cfg, accelerator.device)
     backend = select_backend(t, accelerator)
     backend.prepare(lm)
     plan = plan_dataset(train_dataset, cfg, accelerator.num_processes)
@@ -311,7 +311,7 @@ def train(
 
     fast_frozen = t.precision != "fp32" and not backend.sharded and not t.compile  # train/frozen.py
     with (progress_bar(t.progress) as bar, GracefulStop() as stop, frozen_linears_cast(lm, fast_frozen),
-          keep_freed_memory(accelerator.device)):  # train/allocator.py
+          keep_freed_memory(accelerator.device), back_to_sdpa(lm, switched)):  # train/allocator.py, attention.py
         task = bar.add_task("", total=total_steps, completed=start_step)
         for step in range(start_step, total_steps):
             epoch, micro_batches = next(windows)
@@ -366,8 +366,6 @@ def train(
     result.loss_scale_skips = backend.loss_scale_skips
     if backend.sharded:  # consolidate the shards for final/ (every process takes part; the main one gets them)
         result.full_state_dict = backend.full_state_dict()
-    if segment_attention:
-        lm.set_attn_implementation("sdpa")  # what the saved model should use
     if metrics:
         metrics.close()
     return result

@@ -66,3 +66,31 @@ def test_gguf_export_reloads_in_transformers_close(real, tmp_path, quant):
         assert kl.mean().item() < 0.01 and agree >= 0.9
     text = "The capital of France is Paris. Numbers: 12345, unicode: café, code: def f(x): return x"
     assert load_gguf_tokenizer(path)(text)["input_ids"] == tok(text)["input_ids"]
+
+
+def test_lora_on_the_tied_embedding_merges_into_the_trained_model():
+    """SmolLM2 ties its input embedding and LM head. An adapter on ``embed_tokens`` (drawn: std 0.01), merged with
+    ``merge_lora``, computes what the adapter model does; merged in place (peft's ``merge_and_unload`` alone), the
+    change reaches the LM head too (measured 2026-12-02 on these 7 tokens: max |logit diff| 15.0, 57% of argmaxes
+    equal; merge_lora: 6e-5, all equal)."""
+    from transformers import AutoModelForCausalLM
+
+    from sftlab.config import LoraConfig
+    from sftlab.model.adapters import apply_lora, merge_lora, tied_embeddings
+
+    x = torch.tensor([[1, 4093, 314, 253, 1345, 30, 2]])
+    got = {}
+    for merge in (merge_lora, lambda m: m.merge_and_unload()):
+        model = AutoModelForCausalLM.from_pretrained(FOLDER, dtype=torch.float32)
+        assert tied_embeddings(model)
+        model = apply_lora(model, LoraConfig(enabled=True, r=8, alpha=16, dropout=0,
+                                             target_modules=("embed_tokens", "q_proj", "v_proj")))
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n or "lora_embedding_A" in n:  # the parts that start at zero
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.01)
+            ref = model.eval()(x).logits
+            got[merge is merge_lora] = (merge(model)(x).logits - ref).abs().max().item()
+    assert got[True] < 1e-3
+    assert got[False] > 1.0  # the control: the plain merge is another model

@@ -184,3 +184,47 @@ def test_convert_refuses_a_non_gguf_file_and_a_non_empty_folder(tmp_path, tiny_t
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
     assert main(["model", "convert", str(path), "--out", str(tmp_path / "hf")]) == 0
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "hf").config.num_hidden_layers == 2
+
+
+GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+LLAMA_CPP_SPLITS = {  # llama.cpp's src/llama-vocab.cpp: the regexes each pre-tokenizer name applies, in order
+    "gpt-2": [GPT2_SPLIT],
+    "smollm": [r"\p{N}", GPT2_SPLIT],
+    "default": [r"[\p{P}\$\+<=>\^~\|]+", GPT2_SPLIT, r"\p{N}+", r"[0-9][0-9][0-9]"],
+}
+
+
+def llama_cpp_ids(tokenizer, name: str, text: str) -> list[int]:
+    """Token ids of ``text`` as llama.cpp splits it for pre-tokenizer ``name``, then byte-level BPE."""
+    from tokenizers import Regex, Tokenizer, pre_tokenizers
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), "isolated") for r in LLAMA_CPP_SPLITS[name]]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    return backend.encode(text, add_special_tokens=False).ids
+
+
+def test_the_written_pre_tokenizer_splits_text_as_the_tokenizer_does(tmp_path, tiny_tokenizer):
+    from gguf import GGUFReader
+
+    path = write_gguf(models(tiny_tokenizer)["llama"], tiny_tokenizer, tmp_path / "m.gguf", quant="f32")
+    field = GGUFReader(str(path)).fields["tokenizer.ggml.pre"]
+    pre = bytes(field.parts[field.data[0]]).decode()
+    assert pre == "gpt-2"
+    texts = ["print(f(x)) # don't", "a += 1; b == c", "In 2024, 12345 cats sat... (really?!)"]
+    want = [tiny_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert [llama_cpp_ids(tiny_tokenizer, pre, t) for t in texts] == want
+    assert [llama_cpp_ids(tiny_tokenizer, "default", t) for t in texts] != want  # the control: what was written
+
+
+def test_pre_tokenizer_names_and_refusal():
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+    digits = {"type": "Digits", "individual_digits": True}
+    assert gguf_mod._pre_tokenizer_name({"pre_tokenizer": byte_level}) == "gpt-2"
+    assert gguf_mod._pre_tokenizer_name({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [digits, byte_level]}}) \
+        == "smollm"
+    for pre in [None, {"type": "Metaspace"}, {"type": "Sequence", "pretokenizers": [dict(digits, individual_digits=False),
+                                                                                 byte_level]}]:
+        with pytest.raises(ConfigError, match="GGUF readers do not know by name"):
+            gguf_mod._pre_tokenizer_name({"pre_tokenizer": pre})

@@ -161,13 +161,22 @@ def _vocabulary(tokenizer, n_vocab: int, spec: dict) -> tuple[list[str], list[in
 
 
 def _pre_tokenizer_name(spec: dict) -> str:
-    """llama.cpp's name of the pre-tokenizer (how text is split before BPE), found by matching the
-    tokenizer's split regex against the names transformers' GGUF reader knows; "default" is GPT-2's."""
+    """llama.cpp's name of the pre-tokenizer (how text is split before BPE). A split regex is matched against the
+    names transformers' GGUF reader knows. Without one: byte-level's own regex is GPT-2's ("gpt-2"), after single
+    digits split off SmolLM's ("smollm"). llama.cpp's "default" is neither (it splits punctuation runs and groups of
+    three digits first), so it is never written: a tokenizer of another kind is refused."""
     pre = spec.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre])
+    steps = pre.get("pretokenizers", [pre]) if pre else []
     patterns = {s.get("pattern", {}).get("Regex") for s in steps if s.get("type") == "Split"} - {None}
     if not patterns:
-        return "default"
+        kinds = [s.get("type") for s in steps]
+        if kinds and kinds[-1] == "ByteLevel" and steps[-1].get("use_regex", True):
+            if kinds == ["ByteLevel"]:
+                return "gpt-2"
+            if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
+                return "smollm"
+        raise ConfigError(f"GGUF export: this tokenizer splits text with {' + '.join(kinds) or 'no pre-tokenizer'}, "
+                          "which GGUF readers do not know by name; the exported file would tokenise differently")
     try:
         from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
     except ImportError:

@@ -121,6 +121,15 @@ def test_peft_wrapping_hides_only_the_renamed_property_warning(tmp_path, tiny_to
         warnings.warn("something else", FutureWarning, stacklevel=1)  # other warnings still show
 
 
+def moved(model):
+    """Every trainable parameter moved, as training would move it."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
 @pytest.mark.parametrize("extra", [{"modules_to_save": ("embed_tokens",)}, {"target_modules": ("embed_tokens", "q_proj")}])
 def test_saved_adapter_with_embeddings_reloads_equal_without_the_base_matrix(tmp_path, tiny_tokenizer, extra):
     from safetensors.torch import load_file
@@ -129,10 +138,7 @@ def test_saved_adapter_with_embeddings_reloads_equal_without_the_base_matrix(tmp
 
     vocab = len(tiny_tokenizer)
     model = apply_lora(build_tiny_llama(vocab, seed=0), LoraConfig(enabled=True, r=4, alpha=8, dropout=0, **extra))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.1)  # as training would move them
+    moved(model)
     final = save_final(model.eval(), tiny_tokenizer, tmp_path / "final")
     keys = set(load_file(final / "adapter_model.safetensors"))
     assert not any("base_layer" in k for k in keys)  # the unchanged base embedding stays with the base
@@ -154,10 +160,7 @@ def test_merging_lora_on_a_tied_embedding_keeps_the_trained_model(tmp_path, tiny
     model = apply_lora(build_tiny_llama(vocab, seed=0), LoraConfig(enabled=True, r=4, alpha=8, dropout=0,
                                                                     target_modules=target))
     assert tied_embeddings(model.get_base_model())
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.1)
+    moved(model)
     x = torch.tensor([[5, 17, 33, 8, 99, 120]])
     with torch.no_grad():
         ref = model.eval()(input_ids=x).logits

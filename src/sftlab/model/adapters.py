@@ -69,8 +69,7 @@ def untie_embeddings(model) -> None:
     same, and the two can now differ (a merged adapter that changed one of them)."""
     head = _own_layer(model.get_output_embeddings())
     head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
-    configs = [model.config, model.config.get_text_config()]
-    for config in [c for i, c in enumerate(configs) if all(c is not d for d in configs[:i])]:
+    for config in (model.config, model.config.get_text_config()):  # often one object: set twice, harmless
         config.tie_word_embeddings = False
 
 

@@ -159,7 +159,7 @@ def prepare_model(lm, cfg: Config, device: torch.device) -> bool:
     model goes back to sdpa)."""
     t = cfg.train
     if cfg.model.gradient_checkpointing:
-        enable = getattr(lm, "activation_checkpointing_enable", None)  # transformers' name since 5.x; older: gradient_
+        enable = getattr(lm, "activation_checkpointing_enable", None)  # a later 5.x name; earlier ones: the fallback
         if enable is not None:
             enable({"use_reentrant": False})
         else:
